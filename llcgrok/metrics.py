@@ -1,0 +1,95 @@
+"""Grokking metrics: pure functions on a metrics table (step, train_acc, val_acc, ...)."""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+THRESHOLD = 0.99
+
+
+def _first_step_above(metrics: pd.DataFrame, column: str, threshold: float) -> int | None:
+    above = metrics.loc[metrics[column] > threshold, "step"]
+    return int(above.iloc[0]) if len(above) else None
+
+
+def steps_to_memorization(metrics: pd.DataFrame, threshold: float = THRESHOLD) -> int | None:
+    """First evaluated step with train accuracy above ``threshold`` (None if never)."""
+    return _first_step_above(metrics, "train_acc", threshold)
+
+
+def steps_to_grokking(metrics: pd.DataFrame, threshold: float = THRESHOLD) -> int | None:
+    """First evaluated step with validation accuracy above ``threshold`` (None if never)."""
+    return _first_step_above(metrics, "val_acc", threshold)
+
+
+def post_grokking_stability(metrics: pd.DataFrame, threshold: float = THRESHOLD) -> dict:
+    """How well validation accuracy holds after grokking.
+
+    ``min_val_acc_after_grokking``: lowest val accuracy at or after the grokking step;
+    ``frac_evals_above_after_grokking``: fraction of those evals still above ``threshold``;
+    ``num_drops_after_grokking``: times val accuracy fell from above to at-or-below it.
+    All NaN (drops: None) when the run never grokked.
+    """
+    grok = steps_to_grokking(metrics, threshold)
+    if grok is None:
+        return {
+            "min_val_acc_after_grokking": math.nan,
+            "frac_evals_above_after_grokking": math.nan,
+            "num_drops_after_grokking": None,
+        }
+    after = metrics.loc[metrics["step"] >= grok, "val_acc"].to_numpy()
+    above = after > threshold
+    drops = int(np.sum(above[:-1] & ~above[1:]))
+    return {
+        "min_val_acc_after_grokking": float(after.min()),
+        "frac_evals_above_after_grokking": float(above.mean()),
+        "num_drops_after_grokking": drops,
+    }
+
+
+def summarize(metrics: pd.DataFrame, threshold: float = THRESHOLD) -> dict:
+    """The grokking figures of one run, as plain Python values."""
+    last = metrics.iloc[-1]
+    return {
+        "steps_to_memorization": steps_to_memorization(metrics, threshold),
+        "steps_to_grokking": steps_to_grokking(metrics, threshold),
+        "final_train_acc": float(last["train_acc"]),
+        "final_val_acc": float(last["val_acc"]),
+        "final_train_loss": float(last["train_loss"]),
+        "final_val_loss": float(last["val_loss"]),
+        **post_grokking_stability(metrics, threshold),
+    }
+
+
+def standard_error(values: Iterable[float]) -> float:
+    """Standard error of the mean: sample std (ddof=1) / sqrt(n); NaN for n < 2."""
+    x = np.asarray([v for v in values if v is not None and not pd.isna(v)], dtype=float)
+    if len(x) < 2:
+        return math.nan
+    return float(x.std(ddof=1) / math.sqrt(len(x)))
+
+
+def aggregate_over_seeds(
+    table: pd.DataFrame, by: Sequence[str], columns: Sequence[str]
+) -> pd.DataFrame:
+    """Mean, standard error and count of ``columns`` per group of ``by`` (seeds pooled).
+
+    Missing values (a run that never grokked) are left out of the mean and counted
+    separately in ``<column>_n``, so a mean is never silently taken over fewer seeds.
+    """
+    rows = []
+    for key, group in table.groupby(list(by), sort=True, dropna=False):
+        key = key if isinstance(key, tuple) else (key,)
+        row = dict(zip(by, key))
+        row["num_seeds"] = len(group)
+        for col in columns:
+            values = pd.to_numeric(group[col], errors="coerce").dropna()
+            row[f"{col}_mean"] = float(values.mean()) if len(values) else math.nan
+            row[f"{col}_sem"] = standard_error(values)
+            row[f"{col}_n"] = int(len(values))
+        rows.append(row)
+    return pd.DataFrame(rows)

@@ -1,0 +1,226 @@
+"""Training loop with the reference hyperparameters, checkpoints, metrics and resume.
+
+Semantics follow the reference template:
+* batches of ``batch_size`` training examples drawn with replacement;
+* the learning rate ramps linearly, ``lr * min(s / warmup_steps, 1)`` at update s (0-based);
+* every ``eval_every`` updates a metrics row: train loss/accuracy averaged over the
+  training batches since the last row (they cost nothing extra: the forward pass of the
+  step already made them), and validation loss/accuracy on ``eval_batches x batch_size``
+  validation examples drawn with replacement, in one forward pass without gradients.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from . import metrics as metrics_mod
+from . import runs
+from .config import RunConfig, TrainConfig
+from .device import resolve_device
+from .model import GrokTransformer, build_model
+from .tasks import TaskData, make_task
+
+METRIC_COLUMNS = ["step", "train_loss", "train_acc", "val_loss", "val_acc"]
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite; the message names the step."""
+
+    def __init__(self, step: int, reason: str):
+        super().__init__(f"training diverged at step {step}: {reason}")
+        self.step = step
+        self.reason = reason
+
+
+@dataclass
+class TrainResult:
+    model: GrokTransformer
+    metrics: pd.DataFrame
+    summary: dict
+    task: TaskData
+
+
+def checkpoint_steps(cfg: TrainConfig) -> list[int]:
+    """Steps at which checkpoints are saved: always 0 and the last step.
+
+    ``log`` spaces them geometrically from ``eval_every`` to ``num_steps``, so the
+    memorization phase early in training is covered densely; ``linear`` spaces them
+    evenly; ``mixed`` takes half of each. Steps are rounded to multiples of
+    ``eval_every`` so that every checkpoint has a metrics row.
+    """
+    n, every, total = cfg.num_checkpoints, cfg.eval_every, cfg.num_steps
+    if cfg.checkpoint_schedule == "linear":
+        raw = np.linspace(0, total, n + 1)
+    elif cfg.checkpoint_schedule == "log":
+        raw = np.geomspace(min(every, total), total, n)
+    else:
+        raw = np.concatenate([np.geomspace(min(every, total), total, (n + 1) // 2), np.linspace(0, total, n // 2 + 1)])
+    steps = {0, total}
+    for value in raw:
+        steps.add(int(min(total, max(every, round(value / every) * every))))
+    return sorted(steps)
+
+
+def learning_rate(cfg: TrainConfig, update: int) -> float:
+    if cfg.warmup_steps == 0:
+        return cfg.lr
+    return cfg.lr * min(update / cfg.warmup_steps, 1.0)
+
+
+def _rng_seed(seed: int, stream: int) -> int:
+    # Independent streams for init, training batches and validation samples.
+    return seed * 1_000_003 + stream
+
+
+@torch.inference_mode()
+def evaluate(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, chunk: int = 8192) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy over all of ``inputs``."""
+    was_training = model.training
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    for start in range(0, len(inputs), chunk):
+        logits = model(inputs[start : start + chunk])
+        tgt = targets[start : start + chunk]
+        loss_sum += F.cross_entropy(logits, tgt, reduction="sum").item()
+        correct += (logits.argmax(-1) == tgt).sum().item()
+    model.train(was_training)
+    return loss_sum / len(inputs), correct / len(inputs)
+
+
+def train(
+    cfg: RunConfig,
+    run_dir: str | Path | None = None,
+    *,
+    quiet: bool = False,
+    resume: bool = True,
+) -> TrainResult:
+    """Train one config. With ``run_dir``, write config, checkpoints, metrics and summary
+    there and resume from its last checkpoint if one exists."""
+    tc = cfg.train
+    if tc.num_threads:
+        torch.set_num_threads(tc.num_threads)
+    device = resolve_device(tc.device)
+    task = make_task(cfg.task, seed=tc.seed)
+    data = task.to(device)
+
+    torch.manual_seed(_rng_seed(tc.seed, 0))
+    model = build_model(cfg.model, task.vocab_size, task.num_classes, task.seq_len).to(device)
+    fused = device.type in ("cpu", "cuda")
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=tc.lr, betas=(tc.beta1, tc.beta2), weight_decay=tc.weight_decay, fused=fused
+    )
+    batch_gen = torch.Generator().manual_seed(_rng_seed(tc.seed, 1))
+    eval_gen = torch.Generator().manual_seed(_rng_seed(tc.seed, 2))
+    rows: list[dict] = []
+    start_step = 0
+    elapsed_before = 0.0
+
+    save_points = set(checkpoint_steps(tc))
+    if run_dir is not None:
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        state = runs.load_state(run_dir) if resume else None
+        if state is not None and state.get("run_config") == cfg.to_dict():
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            batch_gen.set_state(state["batch_gen"])
+            eval_gen.set_state(state["eval_gen"])
+            rows = state["rows"]
+            start_step = state["step"]
+            elapsed_before = state.get("elapsed_s", 0.0)
+        runs.write_config(run_dir, cfg)
+        if start_step == 0:
+            runs.save_checkpoint(runs.checkpoint_path(run_dir, 0), model, 0, cfg)
+
+    n_train, n_val = len(data.train_targets), len(data.val_targets)
+    eval_size = tc.eval_batches * tc.batch_size
+    loss_acc = torch.zeros((), device=device)
+    correct_acc = torch.zeros((), device=device)
+    batches_since_eval = 0
+    grok_step = metrics_mod.steps_to_grokking(pd.DataFrame(rows, columns=METRIC_COLUMNS)) if rows else None
+    stop_at = tc.num_steps
+    if grok_step is not None and tc.early_stop_delay is not None:
+        stop_at = min(stop_at, grok_step + tc.early_stop_delay)
+
+    model.train()
+    t0 = time.perf_counter()
+    bar = tqdm(total=tc.num_steps, initial=start_step, disable=quiet, desc=cfg.run_id, unit="step", leave=False)
+    step = start_step
+    while step < stop_at:
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(tc, step)
+        idx = torch.randint(n_train, (tc.batch_size,), generator=batch_gen).to(device, non_blocking=True)
+        inputs, targets = data.train_inputs[idx], data.train_targets[idx]
+        logits = model(inputs)
+        loss = F.cross_entropy(logits, targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        # Accumulate on the device; read back only at evaluation, so the step never syncs.
+        loss_acc += loss.detach()
+        correct_acc += (logits.detach().argmax(-1) == targets).sum()
+        batches_since_eval += 1
+
+        if step % tc.eval_every == 0 or step in save_points or step == stop_at:
+            train_loss = loss_acc.item() / batches_since_eval
+            train_acc = correct_acc.item() / (batches_since_eval * tc.batch_size)
+            if not math.isfinite(train_loss):
+                bar.close()
+                raise TrainingDiverged(step, f"train loss is {train_loss}")
+            vidx = torch.randint(n_val, (eval_size,), generator=eval_gen).to(device)
+            val_loss, val_acc = evaluate(model, data.val_inputs[vidx], data.val_targets[vidx])
+            rows.append({"step": step, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss, "val_acc": val_acc})
+            loss_acc.zero_()
+            correct_acc.zero_()
+            batches_since_eval = 0
+            bar.set_postfix(train_acc=f"{train_acc:.3f}", val_acc=f"{val_acc:.3f}", refresh=False)
+            if grok_step is None and val_acc > metrics_mod.THRESHOLD:
+                grok_step = step
+                if tc.early_stop_delay is not None:
+                    stop_at = min(stop_at, step + tc.early_stop_delay)
+        bar.update(1)
+
+        if run_dir is not None and (step in save_points or step == stop_at):
+            runs.save_checkpoint(runs.checkpoint_path(run_dir, step), model, step, cfg)
+            runs.save_state(
+                run_dir,
+                {
+                    "run_config": cfg.to_dict(),
+                    "step": step,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "batch_gen": batch_gen.get_state(),
+                    "eval_gen": eval_gen.get_state(),
+                    "rows": rows,
+                    "elapsed_s": elapsed_before + time.perf_counter() - t0,
+                },
+            )
+            runs.atomic_write_csv(run_dir / "metrics.csv", pd.DataFrame(rows, columns=METRIC_COLUMNS))
+    bar.close()
+
+    elapsed = elapsed_before + time.perf_counter() - t0
+    table = pd.DataFrame(rows, columns=METRIC_COLUMNS)
+    summary = {
+        "run_id": cfg.run_id,
+        "num_params": model.num_params,
+        **metrics_mod.summarize(table),
+        "num_steps_run": step,
+        "stopped_early": step < tc.num_steps,
+        "wall_time_s": round(elapsed, 3),
+        "ms_per_step": round(1000 * elapsed / max(step, 1), 3),
+        "device": str(device),
+    }
+    if run_dir is not None:
+        runs.atomic_write_csv(run_dir / "metrics.csv", table)
+        runs.atomic_write_json(run_dir / "summary.json", summary)  # last: marks the run finished
+    return TrainResult(model=model, metrics=table, summary=summary, task=task)
