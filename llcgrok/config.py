@@ -389,15 +389,20 @@ def expand(params: Params) -> list[RunConfig]:
     axes = list(params.grid.axes.items())
     keys = [k for k, _ in axes]
     configs = []
+    # A grid over widths and heads may contain shapes where heads do not divide d_model;
+    # those cells are dropped (as the capacity grid drops them), not reported as errors.
+    heads_axis = "model.num_heads" in params.grid.axes or "model.d_model" in params.grid.axes
     for combo in itertools.product(*[v for _, v in axes]):
         for seed in params.grid.seeds or [params.base.train.seed]:
             cfg = copy.deepcopy(params.base)
             for dotted, value in zip(keys, combo):
                 set_dotted(cfg, dotted, value, params.source)
+            if heads_axis and cfg.model.num_heads > 0 and cfg.model.d_model % cfg.model.num_heads:
+                continue
             cfg.train.seed = seed
             configs.append(validate_run(cfg, params.source))
     if not configs:
-        raise ConfigError(f"{params.source}: the grid has no configs")
+        raise ConfigError(f"{params.source}: 'grid.axes' leaves no valid config (heads must divide d_model)")
     return configs
 
 

@@ -66,7 +66,9 @@ def checkpoint_steps(cfg: TrainConfig) -> list[int]:
         raw = np.concatenate([np.geomspace(min(every, total), total, (n + 1) // 2), np.linspace(0, total, n // 2 + 1)])
     steps = {0, total}
     for value in raw:
-        steps.add(int(min(total, max(every, round(value / every) * every))))
+        step = int(round(value / every) * every)
+        if step > 0:
+            steps.add(min(total, step))
     return sorted(steps)
 
 

@@ -1,0 +1,210 @@
+"""The ``llcgrok`` command.
+
+Exit codes: 0 success; 1 a run failed (divergence, damaged checkpoint, failed configs in
+a sweep); 2 bad input (params file, options); 3 the output directory is in use.
+A user's mistake prints one line, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .config import ConfigError, load_params, parse_set_option, resolve_run
+
+EXIT_FAILED, EXIT_BAD_INPUT, EXIT_LOCKED = 1, 2, 3
+
+
+def _overrides(pairs: list[str] | None) -> dict:
+    return dict(parse_set_option(p) for p in (pairs or []))
+
+
+def _add_set(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", default=[],
+        help="override one config value by dotted key, e.g. --set model.d_model=64 (repeatable)",
+    )
+
+
+def cmd_train(args) -> int:
+    from . import runs
+    from .train import train
+
+    params = load_params(args.params)
+    cfg = resolve_run(params, _overrides(args.set), seed=args.seed)
+    out = Path(args.out)
+    if runs.is_trained(out) and not args.force:
+        print(f"{out}: already trained (summary.json exists); --force retrains", file=sys.stderr)
+        return 0
+    if args.force:
+        for name in ("summary.json", "state.pt"):
+            (out / name).unlink(missing_ok=True)
+    result = train(cfg, out, quiet=args.quiet)
+    s = result.summary
+    print(
+        f"{cfg.run_id}: {s['num_params']} params, memorized at {s['steps_to_memorization']}, "
+        f"grokked at {s['steps_to_grokking']}, final val acc {s['final_val_acc']:.4f}, "
+        f"{s['ms_per_step']:.2f} ms/step -> {out}"
+    )
+    return 0
+
+
+def cmd_grid(args) -> int:
+    from .capacity import find_pairs, grid_table
+
+    params = load_params(args.params)
+    table = grid_table(params)
+    pairs = find_pairs(table)
+    out = Path(args.out) if args.out else Path("outputs") / f"{Path(args.params).stem}-grid.csv"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out, index=False)
+    print(table.to_string(index=False))
+    print(f"\n{len(table)} architectures; buckets: " + ", ".join(f"{b} {n}" for b, n in table["bucket"].value_counts().sort_index().items()))
+    if len(pairs):
+        print("\ndeep-narrow vs wide-shallow pairs:")
+        print(pairs.to_string(index=False))
+    print(f"\nwrote {out}")
+    return 0
+
+
+def _llc_config(run_dir: Path, overrides: dict):
+    from . import runs
+    from .config import set_dotted, validate_run
+
+    cfg = runs.read_config(run_dir)
+    for key, value in overrides.items():
+        if not key.startswith("llc."):
+            raise ConfigError(f"--set: only llc.* keys apply here, got '{key}'")
+        set_dotted(cfg, key, value, "--set")
+    return validate_run(cfg, "--set").llc
+
+
+def cmd_llc(args) -> int:
+    from .llc import run_trajectory
+
+    run_dir = Path(args.run_dir)
+    llc_cfg = _llc_config(run_dir, _overrides(args.set))
+    table = run_trajectory(run_dir, llc_cfg, calibrate=args.calibrate, quiet=args.quiet)
+    print(f"{run_dir}: {len(table)} checkpoints estimated -> {run_dir / 'llc.csv'}")
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    from .calibrate import calibrate_run
+
+    run_dir = Path(args.run_dir)
+    result = calibrate_run(run_dir, _llc_config(run_dir, _overrides(args.set)), quiet=args.quiet)
+    if result.recommended is None:
+        print(f"{run_dir}: no sampler setting qualified: {result.reason}")
+        return EXIT_FAILED
+    rec = result.recommended
+    print(f"{run_dir}: recommended epsilon={rec['epsilon']:g} nbeta={rec['nbeta']:g} -> {run_dir / 'calibration.csv'}")
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from .sweep import run_sweep
+
+    params = load_params(args.params)
+    overrides = _overrides(args.set)
+    if args.scheduler and args.cluster:
+        raise ConfigError("--scheduler and --cluster exclude each other")
+    result = run_sweep(
+        params,
+        Path(args.out),
+        workers=args.workers,
+        scheduler=args.scheduler,
+        cluster=args.cluster,
+        overrides=overrides,
+        quiet=args.quiet,
+        report=not args.no_report,
+    )
+    return EXIT_FAILED if result.failed else 0
+
+
+def cmd_report(args) -> int:
+    from .sweep import write_report
+
+    write_report(Path(args.sweep_dir), quiet=args.quiet)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llcgrok", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train one config into a run directory")
+    p.add_argument("params", help="params YAML (a study's first value of each axis is used)")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--force", action="store_true", help="retrain even if the run is finished")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_set(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("grid", help="print the architecture grid, buckets and pairs; write it as CSV")
+    p.add_argument("params")
+    p.add_argument("--out", default=None, help="CSV path (default outputs/<params>-grid.csv)")
+    p.set_defaults(func=cmd_grid)
+
+    p = sub.add_parser("llc", help="estimate the LLC of every checkpoint of a run (resumable)")
+    p.add_argument("run_dir")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--calibrate", dest="calibrate", action="store_true", default=None,
+                       help="calibrate on the final checkpoint first and use its recommendation")
+    group.add_argument("--no-calibrate", dest="calibrate", action="store_false",
+                       help="use llc.epsilon and llc.nbeta as configured")
+    p.add_argument("--quiet", action="store_true")
+    _add_set(p)
+    p.set_defaults(func=cmd_llc)
+
+    p = sub.add_parser("calibrate", help="epsilon x nbeta sweep on a run's final checkpoint")
+    p.add_argument("run_dir")
+    p.add_argument("--quiet", action="store_true")
+    _add_set(p)
+    p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("sweep", help="run a study: per-config notebooks, then the report")
+    p.add_argument("params")
+    p.add_argument("--out", required=True, help="sweep directory")
+    p.add_argument("--workers", type=int, default=1, help="configs run in parallel (local processes)")
+    p.add_argument("--scheduler", default=None, help="address of a running Dask scheduler, tcp://HOST:PORT")
+    p.add_argument("--cluster", choices=["local"], default=None, help="start a Dask LocalCluster with --workers workers")
+    p.add_argument("--no-report", action="store_true", help="skip the report notebook")
+    p.add_argument("--quiet", action="store_true")
+    _add_set(p)
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("report", help="(re)build a sweep's summary.csv, report notebook and figures")
+    p.add_argument("sweep_dir")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted: finished work is saved; run the same command again to resume", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        from .runs import CheckpointError, LockedError
+        from .train import TrainingDiverged
+
+        if isinstance(exc, LockedError):
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_LOCKED
+        if isinstance(exc, (CheckpointError, TrainingDiverged, FileNotFoundError)):
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())
