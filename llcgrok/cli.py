@@ -28,11 +28,12 @@ def _add_set(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(args) -> int:
+    # Validate before importing torch: a mistake in the params file is reported at once.
+    params = load_params(args.params)
+    cfg = resolve_run(params, _overrides(args.set), seed=args.seed)
     from . import runs
     from .train import train
 
-    params = load_params(args.params)
-    cfg = resolve_run(params, _overrides(args.set), seed=args.seed)
     out = Path(args.out)
     if runs.is_trained(out) and not args.force:
         print(f"{out}: already trained (summary.json exists); --force retrains", file=sys.stderr)
@@ -104,9 +105,9 @@ def cmd_calibrate(args) -> int:
 
 
 def cmd_sweep(args) -> int:
+    params = load_params(args.params)  # before the heavy imports, as in cmd_train
     from .sweep import run_sweep
 
-    params = load_params(args.params)
     overrides = _overrides(args.set)
     if args.scheduler and args.cluster:
         raise ConfigError("--scheduler and --cluster exclude each other")

@@ -118,7 +118,8 @@ def _torch_load(path: Path, device: str | torch.device = "cpu") -> Any:
     except FileNotFoundError:
         raise CheckpointError(f"{path}: checkpoint file not found") from None
     except Exception as exc:  # torch raises several types for damaged zip archives
-        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({type(exc).__name__}: {exc})") from None
+        # Only the type: torch's messages span lines and may advise weights_only=False.
+        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({type(exc).__name__})") from None
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[GrokTransformer, dict]:
@@ -185,6 +186,11 @@ def read_metrics(run_dir: str | Path) -> pd.DataFrame:
 def read_summary(run_dir: str | Path) -> dict | None:
     path = Path(run_dir) / "summary.json"
     return json.loads(path.read_text()) if path.exists() else None
+
+
+def same_training(a: RunConfig, b: RunConfig) -> bool:
+    """Whether two configs train the same weights (their llc sections may differ)."""
+    return (a.task, a.model, a.train) == (b.task, b.model, b.train)
 
 
 def is_trained(run_dir: str | Path) -> bool:

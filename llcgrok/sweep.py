@@ -2,40 +2,61 @@
 
 Layout of a sweep directory::
 
-    runs/<run_id>/            finished configs (each a run directory plus its executed notebooks)
+    runs/<run_id>/            finished configs: a run directory, its executed notebooks,
+                              kernel.log and status.json
     runs/.partial/<run_id>/   configs under way or interrupted; a restart resumes them
-    failed/<run_id>/          the failed notebook(s) and error.txt of configs that failed
+    failed/<run_id>/          error.txt, the failed notebook and kernel.log of configs that failed
     summary.csv               one row per config of the study
     report.ipynb, figures/    the capacity report
+    params.yaml               the params file the sweep ran
+    .lock                     flock held by the running sweep: a second sweep stops (exit 3)
+    .session.json             the running sweep's id: a worker checks that it sees this directory
+    .locks/<run_id>.lock      flock held while a config runs, by its worker and its kernels
 
 A config's directory is renamed from ``runs/.partial/`` to ``runs/`` only when all its
-notebooks have run, so a finished-looking run is a finished run whatever killed the sweep.
+notebooks have run, so a finished-looking run is a finished run whatever killed the sweep;
+a restart re-executes the notebooks of unfinished configs, which resume what was saved
+(training from ``state.pt``, the LLC trajectory from ``llc.csv``).
+
 Configs run on this machine (one after another, or ``workers`` processes), on a Dask
 ``LocalCluster`` (``cluster="local"``), or on a running Dask scheduler (``scheduler=``).
-Results do not depend on which: every config is seeded by its own config.
+Results do not depend on which: every config is seeded by its own config, every kernel
+runs the same notebooks (sent with the task) with the same number of torch threads
+(``threads``, default 1; the thread count changes float results in the last bits).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import copy
+import fcntl
 import json
+import logging
+import multiprocessing
 import os
 import shutil
+import socket
 import sys
+import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import pandas as pd
 from tqdm.auto import tqdm
 
 from . import runs
 from .capacity import bucket_lookup, grid_table
-from .config import ConfigError, Params, RunConfig, expand, run_id_for, set_dotted
+from .config import ConfigError, Params, RunConfig, expand, run_id_for, set_dotted, validate_run
 
 PER_CONFIG_NOTEBOOKS = ("train.ipynb", "calibrate.ipynb", "llc_trajectory.ipynb")
 REPORT_NOTEBOOK = "capacity_report.ipynb"
+DEFAULT_THREADS = 1
+SESSION_FILE = ".session.json"
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 SUMMARY_COLUMNS = [
     "run_id", "task", "num_layers", "d_model", "num_heads", "num_params", "bucket", "seed",
@@ -65,6 +86,16 @@ def notebooks_dir() -> Path:
     return folder
 
 
+def load_notebooks(folder: str | Path | None = None) -> dict:
+    """``{name: NotebookNode}`` of the per-config notebooks. A sweep sends these to its
+    workers with every task, so a worker runs exactly the notebooks the sweep was started
+    with and needs no checkout of its own."""
+    import nbformat
+
+    folder = Path(folder) if folder else notebooks_dir()
+    return {name: nbformat.read(folder / name, as_version=4) for name in PER_CONFIG_NOTEBOOKS}
+
+
 def study_configs(params: Params, overrides: Mapping[str, Any] | None = None) -> list[tuple[str, RunConfig]]:
     """``[(run_id, config), ...]`` of the whole study, overrides applied to every config."""
     extra_axes = list(params.grid.axes)
@@ -72,6 +103,8 @@ def study_configs(params: Params, overrides: Mapping[str, Any] | None = None) ->
     for cfg in expand(params):
         for key, value in (overrides or {}).items():
             set_dotted(cfg, key, value, "--set")
+        if overrides:
+            validate_run(cfg, "--set")  # an override can make a valid config impossible
         run_id = run_id_for(cfg, extra_axes)
         if run_id in seen:
             raise ConfigError(f"{params.source}: two configs share the run id {run_id}")
@@ -85,54 +118,163 @@ def _section_parameters(cfg: RunConfig) -> dict:
     return {name: data[name] for name in ("task", "model", "train", "llc")}
 
 
+def _one_line(text: Any) -> str:
+    return " ".join(str(text).split())
+
+
+def _error_line(exc: BaseException) -> str:
+    """One line for an exception; for a failed cell, the cell's own exception."""
+    ename, evalue = getattr(exc, "ename", None), getattr(exc, "evalue", None)
+    if ename:
+        return _one_line(f"{ename}: {evalue}")
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    return _one_line(f"{type(exc).__name__}: {lines[-1]}" if lines else type(exc).__name__)
+
+
+def _session_id(sweep: Path) -> str | None:
+    try:
+        return json.loads((sweep / SESSION_FILE).read_text()).get("session")
+    except (OSError, ValueError):
+        return None
+
+
+def _is_finished(run_dir: Path) -> bool:
+    return (run_dir / "status.json").exists()
+
+
+@contextlib.contextmanager
+def _config_lock(path: Path) -> Iterator[int]:
+    """Exclusive flock on ``path`` for one config; waits while another holder runs it.
+
+    The holders that can outlive a sweep are the kernels of a killed sweep (they exit
+    within a second or so of losing their parent) and, on Dask, a task of an earlier
+    sweep's client that a worker is still running. Waiting for them, then finding the
+    config finished or resuming it, keeps two writers out of one run directory.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield fd
+    finally:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def _kernel_manager_class(env: Mapping[str, str], pass_fds: tuple[int, ...], log_file):
+    """A kernel manager whose kernels get ``env``, inherit ``pass_fds`` and write their
+    own stdout/stderr (kernel logs, C-level warnings) to ``log_file``.
+
+    Passing the config's lock descriptor makes the kernel a co-holder of the lock: a
+    kernel orphaned by a killed sweep keeps its config locked until it exits.
+    """
+    from jupyter_client.manager import AsyncKernelManager
+
+    class SweepKernelManager(AsyncKernelManager):
+        async def start_kernel(self, **kw):
+            kw["env"] = {**(kw.get("env") or os.environ), **env}
+            kw["pass_fds"] = tuple(kw.get("pass_fds", ())) + tuple(pass_fds)
+            if log_file is not None:
+                kw.setdefault("stdout", log_file)
+                kw.setdefault("stderr", log_file)
+            return await super().start_kernel(**kw)
+
+    return SweepKernelManager
+
+
+def _record_failure(sweep: Path, run_id: str, error: str, detail: str = "", keep: Iterable[Path] = ()) -> None:
+    failed = sweep / "failed" / run_id
+    failed.mkdir(parents=True, exist_ok=True)
+    for path in keep:
+        if path.exists():
+            shutil.copy2(path, failed / path.name)
+    runs.atomic_write_text(failed / "error.txt", f"{error}\n" + (f"\n{detail}\n" if detail else ""))
+
+
+def _run_notebooks(
+    run_id: str, config: dict, sweep: Path, work: Path, notebooks: Mapping, threads: int, lock_fd: int
+) -> str | None:
+    """Execute the per-config notebooks into ``work``; the one-line error, or None."""
+    import papermill
+
+    llc = dict(config["llc"])
+    # Chain processes count against the config's threads; the cap does not depend on how
+    # the sweep runs, so neither do the results.
+    llc["cores"] = max(1, min(int(llc.get("cores", 1)), threads))
+    parameters = {**config, "llc": llc, "run_dir": str(work), "quiet": True}
+    env = {name: str(threads) for name in THREAD_VARIABLES}
+    with open(work / "kernel.log", "ab") as log:
+        manager = _kernel_manager_class(env, (lock_fd,), log)
+        for name, notebook in notebooks.items():
+            output = work / name
+            try:
+                papermill.execute_notebook(
+                    copy.deepcopy(notebook), str(output), parameters=parameters, progress_bar=False,
+                    cwd=str(work), kernel_name="python3", language="python", kernel_manager_class=manager,
+                )
+            except Exception as exc:  # a failing cell, a dead kernel: this config fails, the sweep goes on
+                error = f"{name}: {_error_line(exc)}"
+                log.flush()
+                _record_failure(sweep, run_id, error, str(exc), keep=(output, work / "kernel.log"))
+                return error
+    return None
+
+
 def execute_config(
     run_id: str,
     config: dict,
     sweep_dir: str,
-    notebook_folder: str,
-    threads: int | None = None,
-    llc_cores: int | None = None,
+    notebooks: Mapping | str,
+    threads: int = DEFAULT_THREADS,
+    session: str | None = None,
 ) -> dict:
     """Run one config's notebooks into ``runs/.partial/<run_id>`` and move it into place.
 
-    Runs in a worker process (local pool or Dask worker); returns a small status dict and
-    never raises for a failing config, so one failure does not stop the sweep.
+    Runs in a worker (this process, a local pool process or a Dask worker thread) and
+    returns a small status dict; a failing config does not raise, so one failure does not
+    stop the sweep. ``notebooks`` is ``{name: NotebookNode}`` or a folder; ``session``,
+    when given, must match the sweep directory's ``.session.json`` (a worker that does not
+    share the sweep's filesystem would otherwise write its results where nobody looks).
     """
-    import papermill
-
     sweep = Path(sweep_dir)
+    if session is not None and _session_id(sweep) != session:
+        return {
+            "run_id": run_id, "status": "failed", "recorded": False,
+            "error": f"worker on {socket.gethostname()} does not see the sweep directory {sweep}: "
+                     "workers need the output directory on a shared filesystem, at the same path",
+        }
+    if isinstance(notebooks, (str, os.PathLike)):
+        notebooks = load_notebooks(notebooks)
     final = sweep / "runs" / run_id
-    if (final / "status.json").exists():
+    if _is_finished(final):
         return {"run_id": run_id, "status": "skipped"}
     work = sweep / "runs" / ".partial" / run_id
-    work.mkdir(parents=True, exist_ok=True)
-    if threads:
-        # Kernels inherit the environment: cap torch's threads so that parallel
-        # configs share the cores instead of oversubscribing them.
-        os.environ["OMP_NUM_THREADS"] = str(threads)
-        os.environ["MKL_NUM_THREADS"] = str(threads)
-    parameters = {**config, "run_dir": str(work), "quiet": True, "llc_cores": llc_cores}
     started = time.time()
-    for name in PER_CONFIG_NOTEBOOKS:
-        output = work / name
-        try:
-            papermill.execute_notebook(
-                str(Path(notebook_folder) / name), str(output), parameters=parameters,
-                progress_bar=False, cwd=str(work), kernel_name="python3",
-            )
-        except Exception as exc:  # papermill wraps the cell's error; keep its last line
-            message = str(exc).strip().splitlines()
-            reason = next((line for line in reversed(message) if line.strip()), type(exc).__name__)
-            failed = sweep / "failed" / run_id
-            failed.mkdir(parents=True, exist_ok=True)
-            if output.exists():
-                shutil.copy2(output, failed / name)
-            runs.atomic_write_text(failed / "error.txt", f"{name}: {reason}\n\n{exc}\n")
-            return {"run_id": run_id, "status": "failed", "error": f"{name}: {reason}"}
-    runs.atomic_write_json(work / "status.json", {"status": "complete", "seconds": round(time.time() - started, 1)})
-    final.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(work, final)  # atomic on one filesystem: the config appears whole
-    shutil.rmtree(sweep / "failed" / run_id, ignore_errors=True)
+    with _config_lock(sweep / ".locks" / f"{run_id}.lock") as lock_fd:
+        if _is_finished(final):  # finished by a leftover task of an earlier sweep while we waited
+            return {"run_id": run_id, "status": "skipped"}
+        if final.exists():
+            # A run directory without status.json is not a finished run (copied by hand, or
+            # left by an older version): resume from what it holds.
+            if work.exists():
+                error = f"{final} is incomplete (no status.json) and {work} exists too: move one away"
+                _record_failure(sweep, run_id, error)
+                return {"run_id": run_id, "status": "failed", "error": error, "recorded": True}
+            work.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(final, work)
+        work.mkdir(parents=True, exist_ok=True)
+        if not _is_finished(work):  # else: killed between status.json and the rename
+            error = _run_notebooks(run_id, config, sweep, work, notebooks, threads, lock_fd)
+            if error is not None:
+                return {"run_id": run_id, "status": "failed", "error": error, "recorded": True}
+            runs.atomic_write_json(work / "status.json", {
+                "status": "complete", "seconds": round(time.time() - started, 1),
+                "host": socket.gethostname(), "threads": threads,
+            })
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(work, final)  # atomic on one filesystem: the config appears whole
+        shutil.rmtree(sweep / "failed" / run_id, ignore_errors=True)
     return {"run_id": run_id, "status": "complete"}
 
 
@@ -140,40 +282,112 @@ def _progress(items: Iterable, total: int, quiet: bool):
     return tqdm(items, total=total, disable=quiet, desc="configs", unit="config")
 
 
-def _run_local(jobs: list[tuple], workers: int, quiet: bool) -> Iterable[dict]:
-    if workers <= 1:
+def _lost(run_id: str, exc: BaseException, where: str) -> dict:
+    return {"run_id": run_id, "status": "failed", "recorded": False, "error": f"{where}: {_error_line(exc)}"}
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """Pool-process initializer: exit when the sweep process is gone (killed with SIGKILL,
+    it cannot stop its pool), so that no orphan keeps running a config."""
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="llcgrok-parent-watch", daemon=True).start()
+
+
+def _run_local(jobs: list[tuple], workers: int, quiet: bool) -> Iterator[dict]:
+    if workers <= 1 or len(jobs) <= 1:
         for job in _progress(jobs, len(jobs), quiet):
-            yield execute_config(*job)
+            try:
+                yield execute_config(*job)
+            except Exception as exc:  # e.g. the disk is full: this config fails, the sweep goes on
+                yield _lost(job[0], exc, "sweep")
         return
-    with concurrent.futures.ProcessPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(execute_config, *job) for job in jobs]
-        for future in _progress(concurrent.futures.as_completed(futures), len(futures), quiet):
-            yield future.result()
-
-
-def _run_dask(jobs: list[tuple], scheduler: str | None, cluster: str | None, workers: int, quiet: bool) -> Iterable[dict]:
+    # spawn, not fork: a forked pool process would inherit the sweep's lock on the output
+    # directory and, orphaned, hold it after the sweep died.
+    pool = concurrent.futures.ProcessPoolExecutor(
+        max_workers=min(workers, len(jobs)), mp_context=multiprocessing.get_context("spawn"),
+        initializer=_exit_with_parent, initargs=(os.getpid(),),
+    )
+    done = False
     try:
-        from dask.distributed import Client, LocalCluster, as_completed
+        futures = {pool.submit(execute_config, *job): job[0] for job in jobs}
+        for future in _progress(concurrent.futures.as_completed(futures), len(futures), quiet):
+            try:
+                yield future.result()
+            except Exception as exc:  # the pool process died (killed, out of memory)
+                yield _lost(futures[future], exc, "worker process")
+        done = True
+    finally:
+        if not done:  # interrupted: stop the configs under way now; a restart resumes them
+            terminate = getattr(pool, "terminate_workers", None)
+            if terminate is not None:
+                terminate()
+            else:
+                for process in list((getattr(pool, "_processes", None) or {}).values()):
+                    with contextlib.suppress(Exception):
+                        process.terminate()
+        pool.shutdown(wait=done, cancel_futures=True)
+
+
+def connect_scheduler(address: str):
+    """A Dask client on the scheduler at ``address``, or a one-line ConfigError.
+
+    The wait is Dask's ``distributed.comm.timeouts.connect`` (30 s by default; set
+    ``DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT=5s`` to shorten it).
+    """
+    try:
+        from distributed import Client
     except ImportError:
         raise ConfigError("--scheduler/--cluster need Dask: pip install 'dask[distributed]'") from None
-    local = None
-    if cluster == "local":
-        local = LocalCluster(n_workers=max(workers, 1), threads_per_worker=1, processes=True, dashboard_address=None)
-        client = Client(local)
-    else:
-        try:
-            client = Client(scheduler, timeout="20s")
-        except OSError as exc:
-            raise ConfigError(f"--scheduler: cannot reach a Dask scheduler at {scheduler} ({exc})") from None
     try:
-        # pure=False: a resubmitted config must run again, not be served from a cache.
-        futures = [client.submit(execute_config, *job, pure=False, key=f"llcgrok-{job[0]}") for job in jobs]
-        for future in _progress(as_completed(futures), len(futures), quiet):
-            yield future.result()
+        return Client(address, set_as_default=False)
+    except Exception as exc:  # OSError (timeout, refused, unknown host), ValueError (bad scheme)
+        raise ConfigError(f"--scheduler: cannot reach a Dask scheduler at {address}: {_one_line(exc)}") from None
+
+
+def start_local_cluster(workers: int):
+    """A Dask ``LocalCluster`` of ``workers`` one-thread worker processes, and its client."""
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise ConfigError("--scheduler/--cluster need Dask: pip install 'dask[distributed]'") from None
+    cluster = LocalCluster(
+        n_workers=workers, threads_per_worker=1, processes=True,
+        dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR,
+    )
+    return cluster, Client(cluster, set_as_default=False)
+
+
+def _run_dask(client, jobs: list[tuple], session: str, quiet: bool) -> Iterator[dict]:
+    from distributed import as_completed
+
+    if not quiet:
+        workers = client.scheduler_info().get("workers", {})
+        note = "" if workers else " (none yet: configs wait until workers connect)"
+        print(f"Dask scheduler {client.scheduler.address}: {len(workers)} workers{note}; "
+              f"dashboard {client.dashboard_link}", file=sys.stderr)
+    # pure=False and a per-sweep key: a config resubmitted by a restart must run again (or
+    # find itself finished), never be served a result cached for another client or sweep.
+    futures = {
+        client.submit(execute_config, *job, pure=False, key=f"llcgrok-{job[0]}-{session[:12]}"): job[0]
+        for job in jobs
+    }
+    done = False
+    try:
+        for future in _progress(as_completed(list(futures), loop=client.loop), len(futures), quiet):
+            try:
+                yield future.result()
+            except Exception as exc:  # KilledWorker (the config killed every worker it ran on), lost scheduler
+                yield _lost(futures[future], exc, "Dask")
+        done = True
     finally:
-        client.close()
-        if local is not None:
-            local.close()
+        if not done:  # queued configs must not start after this sweep is gone
+            with contextlib.suppress(Exception):
+                client.cancel(list(futures), force=True)
 
 
 def run_sweep(
@@ -186,41 +400,73 @@ def run_sweep(
     overrides: Mapping[str, Any] | None = None,
     quiet: bool = False,
     report: bool = True,
+    threads: int = DEFAULT_THREADS,
 ) -> SweepResult:
-    """Run every config of ``params`` into ``out``; skip finished ones; report at the end."""
+    """Run every config of ``params`` into ``out``; skip finished ones; report at the end.
+
+    ``workers`` local processes (or, with ``cluster="local"``, Dask LocalCluster workers),
+    or the workers of the Dask scheduler at ``scheduler``; ``threads`` torch threads per
+    config in every case, so that results do not depend on the choice.
+    """
     if workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {workers}")
+    if threads < 1:
+        raise ConfigError(f"threads must be at least 1, got {threads}")
+    if scheduler and cluster:
+        raise ConfigError("--scheduler and --cluster exclude each other")
+    if cluster not in (None, "local"):
+        raise ConfigError(f"--cluster: only 'local' is known, got {cluster!r}")
     configs = study_configs(params, overrides)
-    folder = notebooks_dir()
-    out = Path(out)
+    notebooks = load_notebooks()
+    out = Path(out).resolve()  # absolute: Dask workers do not share this working directory
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out: {out} exists and is not a directory")
     result = SweepResult()
     started = time.time()
-    with runs.directory_lock(out):
-        runs.atomic_write_text(out / "params.yaml", Path(params.source).read_text() if Path(params.source).is_file() else "")
-        cores = os.cpu_count() or 1
-        parallel = workers if (workers > 1 or scheduler or cluster) else 1
-        threads = max(1, cores // parallel) if not scheduler else None
-        jobs = []
-        for run_id, cfg in configs:
-            if (out / "runs" / run_id / "status.json").exists():
-                result.skipped.append(run_id)
-                continue
-            jobs.append((run_id, _section_parameters(cfg), str(out), str(folder), threads, threads))
-        if result.skipped and not quiet:
-            print(f"{len(result.skipped)} of {len(configs)} configs already finished: skipped", file=sys.stderr)
-        stream = _run_dask(jobs, scheduler, cluster, workers, quiet) if (scheduler or cluster) else _run_local(jobs, workers, quiet)
-        for status in stream:
-            if status["status"] == "failed":
-                result.failed[status["run_id"]] = status["error"]
-                if not quiet:
-                    tqdm.write(f"failed: {status['run_id']}: {status['error']}", file=sys.stderr)
-            elif status["status"] == "complete":
-                result.completed.append(status["run_id"])
-            else:
-                result.skipped.append(status["run_id"])
-        result.summary = write_summary(out, params, configs)
-        if report:
-            write_report(out, quiet=quiet)
+    client = connect_scheduler(scheduler) if scheduler else None  # before the lock: touches nothing
+    local_cluster = None
+    try:
+        with runs.directory_lock(out):
+            session = uuid.uuid4().hex
+            runs.atomic_write_json(out / SESSION_FILE, {
+                "session": session, "host": socket.gethostname(), "pid": os.getpid(),
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            })
+            source = Path(params.source)
+            runs.atomic_write_text(out / "params.yaml", source.read_text() if source.is_file() else "")
+            jobs = []
+            for run_id, cfg in configs:
+                if _is_finished(out / "runs" / run_id):
+                    result.skipped.append(run_id)
+                    continue
+                jobs.append((run_id, _section_parameters(cfg), str(out), notebooks, threads, session))
+            if result.skipped and not quiet:
+                print(f"{len(result.skipped)} of {len(configs)} configs already finished: skipped", file=sys.stderr)
+            if cluster == "local" and jobs:
+                local_cluster, client = start_local_cluster(workers)
+            stream = _run_dask(client, jobs, session, quiet) if client is not None else _run_local(jobs, workers, quiet)
+            for status in stream:
+                run_id = status["run_id"]
+                if status["status"] == "failed":
+                    result.failed[run_id] = status["error"]
+                    if not status.get("recorded"):
+                        _record_failure(out, run_id, status["error"])
+                    if not quiet:
+                        tqdm.write(f"failed: {run_id}: {status['error']}", file=sys.stderr)
+                elif status["status"] == "complete":
+                    result.completed.append(run_id)
+                else:
+                    result.skipped.append(run_id)
+            result.summary = write_summary(out, params, configs)
+            if report:
+                write_report(out, quiet=quiet)
+    finally:
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.close()
+        if local_cluster is not None:
+            with contextlib.suppress(Exception):
+                local_cluster.close()
     result.wall_time_s = time.time() - started
     if not quiet:
         print(
@@ -229,7 +475,7 @@ def run_sweep(
             file=sys.stderr,
         )
         for run_id, error in result.failed.items():
-            print(f"  FAILED {run_id}: {error}  (notebook in {out / 'failed' / run_id})", file=sys.stderr)
+            print(f"  FAILED {run_id}: {error}  (details in {out / 'failed' / run_id})", file=sys.stderr)
     return result
 
 

@@ -87,6 +87,12 @@ def all_pairs(cfg: TaskConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
         return a, b, (a + b) % p, p
     if cfg.name == "x_minus_y":
         return a, b, (a - b) % p, p
+    if cfg.name == "x_times_y":
+        return a, b, (a * b) % p, p
+    if cfg.name == "x2_plus_y2":
+        return a, b, (a * a + b * b) % p, p
+    if cfg.name == "x3_plus_xy":
+        return a, b, (a * a * a + a * b) % p, p
     raise ConfigError(f"task.name: unknown task {cfg.name!r}")
 
 

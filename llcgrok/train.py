@@ -78,24 +78,68 @@ def learning_rate(cfg: TrainConfig, update: int) -> float:
     return cfg.lr * min(update / cfg.warmup_steps, 1.0)
 
 
+def _training_sections(config: dict) -> dict:
+    # What determines the trained weights; the llc section may change between sessions.
+    return {k: config.get(k) for k in ("task", "model", "train")}
+
+
 def _rng_seed(seed: int, stream: int) -> int:
     # Independent streams for init, training batches and validation samples.
     return seed * 1_000_003 + stream
 
 
+def eval_chunk_size(device: torch.device) -> int:
+    """Rows per forward pass in evaluation: on a CPU, chunks of 512 keep the FFN's
+    activations in cache (measured 1.3-1.4x faster than one 4096-row pass at d 128-256);
+    an accelerator takes everything at once."""
+    return 512 if device.type == "cpu" else 8192
+
+
 @torch.inference_mode()
-def evaluate(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, chunk: int = 8192) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy over all of ``inputs``."""
+def evaluate(
+    model: torch.nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    chunk: int | None = None,
+    weights: torch.Tensor | None = None,
+) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy over all of ``inputs``.
+
+    With ``weights`` (how many times each row counts), the means are weighted: this is how
+    a sample drawn with replacement is evaluated once per distinct row.
+    """
     was_training = model.training
     model.eval()
-    loss_sum, correct = 0.0, 0
+    if chunk is None:
+        chunk = eval_chunk_size(inputs.device)
+    loss_sum = torch.zeros((), device=inputs.device)
+    correct = torch.zeros((), device=inputs.device)
     for start in range(0, len(inputs), chunk):
         logits = model(inputs[start : start + chunk])
         tgt = targets[start : start + chunk]
-        loss_sum += F.cross_entropy(logits, tgt, reduction="sum").item()
-        correct += (logits.argmax(-1) == tgt).sum().item()
+        if weights is None:
+            loss_sum += F.cross_entropy(logits, tgt, reduction="sum")
+            correct += (logits.argmax(-1) == tgt).sum()
+        else:
+            w = weights[start : start + chunk].to(logits.dtype)
+            loss_sum += (F.cross_entropy(logits, tgt, reduction="none") * w).sum()
+            correct += ((logits.argmax(-1) == tgt).to(w.dtype) * w).sum()
     model.train(was_training)
-    return loss_sum / len(inputs), correct / len(inputs)
+    total = torch.tensor(float(len(inputs)), device=inputs.device) if weights is None else weights.sum().to(loss_sum.dtype)
+    loss_value, correct_value, total_value = torch.stack([loss_sum, correct, total]).tolist()  # one device sync
+    return loss_value / total_value, correct_value / total_value
+
+
+def evaluate_draws(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor, draws: torch.Tensor) -> tuple[float, float]:
+    """Mean loss and accuracy over ``inputs[draws]``, a sample drawn with replacement.
+
+    Each distinct row is evaluated once and weighted by how often it was drawn: the same
+    numbers as evaluating every draw (up to float summation order), for less work (4,096
+    draws from the 4,704 validation pairs of p = 97 hold about 2,740 distinct rows).
+    """
+    counts = torch.bincount(draws, minlength=len(inputs))
+    rows = counts.nonzero().squeeze(1)
+    return evaluate(model, inputs[rows], targets[rows], weights=counts[rows])
 
 
 def train(
@@ -131,7 +175,7 @@ def train(
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         state = runs.load_state(run_dir) if resume else None
-        if state is not None and state.get("run_config") == cfg.to_dict():
+        if state is not None and _training_sections(state.get("run_config", {})) == _training_sections(cfg.to_dict()):
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             batch_gen.set_state(state["batch_gen"])
@@ -180,7 +224,7 @@ def train(
                 bar.close()
                 raise TrainingDiverged(step, f"train loss is {train_loss}")
             vidx = torch.randint(n_val, (eval_size,), generator=eval_gen).to(device)
-            val_loss, val_acc = evaluate(model, data.val_inputs[vidx], data.val_targets[vidx])
+            val_loss, val_acc = evaluate_draws(model, data.val_inputs, data.val_targets, vidx)
             rows.append({"step": step, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss, "val_acc": val_acc})
             loss_acc.zero_()
             correct_acc.zero_()

@@ -30,7 +30,14 @@ def _decode(data, split="train"):
 @pytest.mark.parametrize("split", ["train", "val"])
 def test_modular_labels(split):
     p = 97
-    for name, op in [("x_plus_y", lambda a, b: (a + b) % p), ("x_minus_y", lambda a, b: (a - b) % p)]:
+    ops = [
+        ("x_plus_y", lambda a, b: (a + b) % p),
+        ("x_minus_y", lambda a, b: (a - b) % p),
+        ("x_times_y", lambda a, b: (a * b) % p),
+        ("x2_plus_y2", lambda a, b: (a**2 + b**2) % p),
+        ("x3_plus_xy", lambda a, b: (a**3 + a * b) % p),
+    ]
+    for name, op in ops:
         inputs, a, b, c = _decode(make_task(TaskConfig(name=name, p=p), seed=3), split)
         assert torch.all(inputs[:, 1] == OP_TOKEN) and torch.all(inputs[:, 3] == EQ_TOKEN)
         assert torch.equal(c, op(a, b))
