@@ -26,6 +26,9 @@ def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 120) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
     os.close(fd)
     try:
+        from .runs import default_file_mode
+
+        os.chmod(tmp, default_file_mode())
         fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
         os.replace(tmp, path)
     except BaseException:

@@ -7,11 +7,12 @@ import pandas as pd
 import pytest
 import torch
 
+from problems import regression, train_tiny_run
+
 from llcgrok import calibrate as calibrate_module
 from llcgrok.calibrate import NoRecommendation, calibrate, calibrate_run, load_calibration, recommend
-from llcgrok.config import CalibrationConfig, LLCConfig, RunConfig
+from llcgrok.config import CalibrationConfig, LLCConfig
 from llcgrok.llc import run_trajectory
-from llcgrok.train import train
 
 
 def _row(eps, nbeta, llc, **kw):
@@ -59,18 +60,8 @@ def test_rule_without_a_plateau_still_picks_a_healthy_point_and_warns():
     assert recommended is not None and "No plateau" in reason
 
 
-def _regression(n=3000, k=3, m=2):
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(n, k, generator=g)
-    y = x @ torch.randn(k, m, generator=g) + 0.5 * torch.randn(n, m, generator=g)
-    model = torch.nn.Linear(k, m, bias=False)
-    with torch.no_grad():
-        model.weight.copy_(torch.linalg.lstsq(x, y).solution.T)
-    return model, (x, y)
-
-
 def test_calibration_on_a_regular_model_recommends_a_point_at_d_over_2():
-    model, data = _regression()
+    model, data = regression(n=3000, k=3, m=2)
     result = calibrate(
         model, data, loss="mse", epsilons=[3e-5, 1e-4, 3e-4, 3.0], nbetas=[100.0, 300.0],
         localization=1.0, num_chains=3, num_draws=300, batch_size=300, seed=0,
@@ -87,13 +78,7 @@ def test_calibration_on_a_regular_model_recommends_a_point_at_d_over_2():
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
-    cfg = RunConfig()
-    cfg.task.p = 11
-    cfg.model.num_layers, cfg.model.d_model, cfg.model.num_heads = 1, 16, 2
-    cfg.train.num_steps, cfg.train.batch_size, cfg.train.eval_batches, cfg.train.num_checkpoints = 30, 64, 1, 3
-    run_dir = tmp_path_factory.mktemp("cal") / "run"
-    train(cfg, run_dir, quiet=True)
-    return run_dir
+    return train_tiny_run(tmp_path_factory.mktemp("cal") / "run")
 
 
 def _llc_cfg(epsilons, nbetas=(10.0,)):

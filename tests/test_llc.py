@@ -7,9 +7,10 @@ import pandas as pd
 import pytest
 import torch
 
+from problems import regression, train_tiny_run
+
 from llcgrok import runs
-from llcgrok.config import LLCConfig, RunConfig
-from llcgrok.train import train
+from llcgrok.config import LLCConfig
 from llcgrok.llc import (
     AllChainsFailed,
     LLCError,
@@ -18,17 +19,6 @@ from llcgrok.llc import (
     run_trajectory,
     summarize_chains,
 )
-
-
-def _regression(n=5000, k=4, m=2, seed=0):
-    """Linear regression fitted by least squares: a regular model, lambda = d/2."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, k, generator=g)
-    y = x @ torch.randn(k, m, generator=g) + 0.5 * torch.randn(n, m, generator=g)
-    model = torch.nn.Linear(k, m, bias=False)
-    with torch.no_grad():
-        model.weight.copy_(torch.linalg.lstsq(x, y).solution.T)
-    return model, (x, y)
 
 
 class _Product(torch.nn.Module):
@@ -47,7 +37,7 @@ SAMPLER = dict(localization=1.0, num_chains=4, batch_size=500, seed=0)
 
 
 def test_regular_model_has_llc_d_over_2():
-    model, data = _regression()
+    model, data = regression()
     est = estimate_llc(model, data, loss="mse", epsilon=1e-4, num_draws=400, **SAMPLER)
     d = sum(p.numel() for p in model.parameters())
     assert est.mean == pytest.approx(d / 2, rel=0.15), est
@@ -65,7 +55,7 @@ def test_singular_model_has_llc_below_its_regular_count():
 
 
 def test_same_seed_same_numbers_and_cores_do_not_change_them():
-    model, data = _regression(n=1000)
+    model, data = regression(n=1000)
     kwargs = dict(loss="mse", epsilon=1e-4, num_draws=30, localization=1.0, num_chains=2, batch_size=100)
     a = estimate_llc(model, data, seed=3, **kwargs)
     b = estimate_llc(model, data, seed=3, **kwargs)
@@ -77,7 +67,7 @@ def test_same_seed_same_numbers_and_cores_do_not_change_them():
 
 
 def test_estimate_leaves_the_model_untouched_and_records_settings():
-    model, data = _regression(n=1000)
+    model, data = regression(n=1000)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     est = estimate_llc(model, data, loss="mse", epsilon=1e-4, nbeta=50.0, num_draws=20, localization=1.0, num_chains=2, batch_size=100)
     for k, v in model.state_dict().items():
@@ -101,7 +91,7 @@ def test_estimate_leaves_the_model_untouched_and_records_settings():
     ],
 )
 def test_bad_sampler_settings_are_named(bad, message):
-    model, data = _regression(n=200)
+    model, data = regression(n=200)
     kwargs = dict(loss="mse", epsilon=1e-4, num_draws=5, localization=1.0, num_chains=1, batch_size=50)
     kwargs.update(bad)
     with pytest.raises(ValueError, match=message):
@@ -109,7 +99,7 @@ def test_bad_sampler_settings_are_named(bad, message):
 
 
 def test_a_step_far_too_large_fails_every_chain_with_advice():
-    model, data = _regression(n=1000)
+    model, data = regression(n=1000)
     with pytest.raises(AllChainsFailed, match="Lower epsilon"):
         estimate_llc(model, data, loss="mse", epsilon=10.0, num_draws=30, localization=1.0, num_chains=2, batch_size=100)
 
@@ -149,12 +139,7 @@ def _llc_cfg(**overrides):
 
 @pytest.fixture
 def tiny_run(tmp_path):
-    cfg = RunConfig()
-    cfg.task.p = 11
-    cfg.model.num_layers, cfg.model.d_model, cfg.model.num_heads = 1, 16, 2
-    cfg.train.num_steps, cfg.train.batch_size, cfg.train.eval_batches, cfg.train.num_checkpoints = 30, 64, 1, 3
-    train(cfg, tmp_path / "run", quiet=True)
-    return tmp_path / "run"
+    return train_tiny_run(tmp_path / "run")
 
 
 def test_trajectory_covers_every_checkpoint_and_resumes(tiny_run):

@@ -52,6 +52,9 @@ def test_run_directory_contents(tmp_path):
         assert key in summary
     steps = [s for s, _ in runs.list_checkpoints(tmp_path)]
     assert steps == checkpoint_steps(cfg.train)
+    # Written like any new file (readable by the group under umask 022), not mkstemp's 0600.
+    for name in ("config.yaml", "metrics.csv", "summary.json"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == runs.default_file_mode(), name
     model, info = runs.load_checkpoint(runs.checkpoint_path(tmp_path, 60))
     assert info["step"] == 60
     for a, b in zip(model.state_dict().values(), result.model.state_dict().values()):
