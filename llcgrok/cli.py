@@ -8,6 +8,7 @@ A user's mistake prints one line, never a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -104,6 +105,14 @@ def cmd_calibrate(args) -> int:
     return 0
 
 
+def available_cpus() -> int:
+    """CPUs this process may run on (affinity and cgroup-limited sets included)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def cmd_sweep(args) -> int:
     params = load_params(args.params)  # before the heavy imports, as in cmd_train
     from .sweep import run_sweep
@@ -114,7 +123,7 @@ def cmd_sweep(args) -> int:
     result = run_sweep(
         params,
         Path(args.out),
-        workers=args.workers,
+        workers=args.workers if args.workers is not None else available_cpus(),
         scheduler=args.scheduler,
         cluster=args.cluster,
         overrides=overrides,
@@ -169,7 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="run a study: per-config notebooks, then the report")
     p.add_argument("params")
     p.add_argument("--out", required=True, help="sweep directory")
-    p.add_argument("--workers", type=int, default=1, help="configs run in parallel (local processes)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="configs run in parallel, one torch thread each (default: the CPUs this process may use)")
     p.add_argument("--scheduler", default=None, help="address of a running Dask scheduler, tcp://HOST:PORT")
     p.add_argument("--cluster", choices=["local"], default=None, help="start a Dask LocalCluster with --workers workers")
     p.add_argument("--no-report", action="store_true", help="skip the report notebook")

@@ -76,6 +76,14 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     num_threads: typing.Optional[int] = None  # torch intra-op threads; None leaves torch's default
+    # Record a fingerprint (19 quantiles of log p(correct) on a fixed probe set of validation
+    # examples) every this many steps into fingerprints.csv (None: off); llcgrok.fingerprints.
+    fingerprint_every: typing.Optional[int] = None
+    fingerprint_probes: int = 100
+    # Gaussian noise added to the initial weights, per tensor relative to its RMS (0: none,
+    # bit-identical to unperturbed training), drawn from its own generator seeded by perturbation_seed.
+    init_perturbation: float = 0.0
+    perturbation_seed: int = 0
 
 
 @dataclass
@@ -245,10 +253,13 @@ def validate_run(cfg: RunConfig, source: str) -> RunConfig:
         raise ConfigError(f"{source}: 'model.num_heads' ({m.num_heads}) must divide 'model.d_model' ({m.d_model})")
     if m.norm not in ("post", "pre"):
         raise ConfigError(f"{source}: 'model.norm' must be 'post' or 'pre', got {m.norm!r}")
-    for key in ("lr", "batch_size", "num_steps", "eval_every", "eval_batches", "num_checkpoints"):
+    for key in ("lr", "batch_size", "num_steps", "eval_every", "eval_batches", "num_checkpoints",
+                "fingerprint_every", "fingerprint_probes"):
         _check_positive(source, f"train.{key}", getattr(tr, key))
-    for key in ("weight_decay", "warmup_steps", "early_stop_delay", "seed"):
+    for key in ("weight_decay", "warmup_steps", "early_stop_delay", "seed", "init_perturbation", "perturbation_seed"):
         _check_positive(source, f"train.{key}", getattr(tr, key), allow_zero=True)
+    if not math.isfinite(tr.init_perturbation):
+        raise ConfigError(f"{source}: 'train.init_perturbation' must be finite, got {tr.init_perturbation}")
     for key in ("beta1", "beta2"):
         if not 0.0 <= getattr(tr, key) < 1.0:
             raise ConfigError(f"{source}: 'train.{key}' must lie in [0, 1), got {getattr(tr, key)}")

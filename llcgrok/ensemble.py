@@ -209,8 +209,12 @@ def train_ensemble(
     if tc.num_threads:
         torch.set_num_threads(tc.num_threads)
     device = resolve_device(tc.device)
+    # Fingerprints and initial-weight perturbations are recorded and applied by train() alone.
+    per_run_only = bool(tc.fingerprint_every) or tc.init_perturbation != 0
+    if vectorize and per_run_only:
+        raise ValueError("train_ensemble: train.fingerprint_every and train.init_perturbation need vectorize=False")
     if vectorize is None:
-        vectorize = device.type != "cpu"
+        vectorize = device.type != "cpu" and not per_run_only
     if not vectorize:
         return _train_one_by_one(cfg, seeds, run_dirs, quiet)
     member_cfgs = [seed_config(cfg, s) for s in seeds]

@@ -14,7 +14,7 @@ from typing import Mapping
 import pandas as pd
 
 from . import runs
-from .config import RunConfig, load_params, params_from_sections, resolve_run
+from .config import Params, RunConfig, load_params, params_from_sections, resolve_run
 
 
 def config_from_parameters(
@@ -32,6 +32,20 @@ def config_from_parameters(
     merged on top, key by key; without it, the sections merge onto the defaults. A study's
     grid axes contribute their first value (as ``llcgrok train`` does).
     """
+    return resolve_run(params_from_parameters(params_file, task=task, model=model, train=train, llc=llc, grid=grid))
+
+
+def params_from_parameters(
+    params_file: str | None = None,
+    *,
+    task: Mapping | None = None,
+    model: Mapping | None = None,
+    train: Mapping | None = None,
+    llc: Mapping | None = None,
+    grid: Mapping | None = None,
+) -> Params:
+    """The whole study (base config and grid) from a notebook's parameters, merged as
+    :func:`config_from_parameters` merges them."""
     if params_file:
         base = load_params(params_file)
         data = base.to_dict()
@@ -45,7 +59,7 @@ def config_from_parameters(
         params = params_from_sections(**sections, grid=grid_section, source=str(params_file))
     else:
         params = params_from_sections(task=task, model=model, train=train, llc=llc, grid=grid, source="notebook parameters")
-    return resolve_run(params)
+    return params
 
 
 def run_dir_for(cfg: RunConfig, run_dir: str | os.PathLike | None = None) -> Path:

@@ -8,6 +8,8 @@ Layout of one run directory::
     checkpoints/      step_000100.pt ... (model weights + what rebuilds the model)
     state.pt          optimizer / RNG state of the last checkpoint, for resume
     llc.csv           LLC per checkpoint (written by ``llcgrok llc``)
+    fingerprints.csv, fingerprint_probes.json   with train.fingerprint_every (llcgrok.fingerprints)
+    dmd_eigenvalues.csv                         DMD spectrum of the fingerprints (llcgrok.dmd)
 
 Every file is written to a temporary name beside its target and renamed, so a file is
 either whole or absent, whatever kills the process.

@@ -26,6 +26,7 @@ from . import metrics as metrics_mod
 from . import runs
 from .config import RunConfig, TrainConfig
 from .device import resolve_device
+from .fingerprints import FingerprintRecorder
 from .model import GrokTransformer, build_model
 from .tasks import TaskData, make_task
 
@@ -47,6 +48,7 @@ class TrainResult:
     metrics: pd.DataFrame
     summary: dict
     task: TaskData
+    fingerprints: pd.DataFrame | None = None  # with train.fingerprint_every: step, q05 ... q95
 
 
 def checkpoint_steps(cfg: TrainConfig) -> list[int]:
@@ -80,12 +82,34 @@ def learning_rate(cfg: TrainConfig, update: int) -> float:
 
 def _training_sections(config: dict) -> dict:
     # What determines the trained weights; the llc section may change between sessions.
-    return {k: config.get(k) for k in ("task", "model", "train")}
+    # Keys added to a section since a state was saved take their defaults.
+    defaults = RunConfig().to_dict()
+    return {k: {**defaults[k], **config[k]} if isinstance(config.get(k), dict) else config.get(k)
+            for k in ("task", "model", "train")}
 
 
 def _rng_seed(seed: int, stream: int) -> int:
-    # Independent streams for init, training batches and validation samples.
+    # Independent streams for init, training batches and validation samples (0-2), the
+    # fingerprint probes (3) and the initial-weight perturbation (4).
     return seed * 1_000_003 + stream
+
+
+PERTURBATION_STREAM = 4
+
+
+@torch.no_grad()
+def perturb_initial_weights(model: torch.nn.Module, scale: float, seed: int) -> None:
+    """Add Gaussian noise to every parameter tensor, with standard deviation ``scale`` times
+    the tensor's RMS (tensors that are all zero, such as fresh biases, stay zero). The
+    noise comes from a generator of its own, seeded by ``seed``: the run's other random
+    streams are untouched, and ``scale == 0`` leaves the model as it was."""
+    if scale == 0:
+        return
+    generator = torch.Generator().manual_seed(_rng_seed(seed, PERTURBATION_STREAM))
+    for param in model.parameters():
+        noise = torch.randn(param.shape, generator=generator, dtype=torch.float64)
+        rms = param.detach().double().pow(2).mean().sqrt().item()
+        param.add_((scale * rms * noise).to(param.dtype).to(param.device))
 
 
 def eval_chunk_size(device: torch.device) -> int:
@@ -160,6 +184,7 @@ def train(
 
     torch.manual_seed(_rng_seed(tc.seed, 0))
     model = build_model(cfg.model, task.vocab_size, task.num_classes, task.seq_len).to(device)
+    perturb_initial_weights(model, tc.init_perturbation, tc.perturbation_seed)
     fused = device.type in ("cpu", "cuda")
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=tc.lr, betas=(tc.beta1, tc.beta2), weight_decay=tc.weight_decay, fused=fused
@@ -167,6 +192,7 @@ def train(
     batch_gen = torch.Generator().manual_seed(_rng_seed(tc.seed, 1))
     eval_gen = torch.Generator().manual_seed(_rng_seed(tc.seed, 2))
     rows: list[dict] = []
+    recorder = FingerprintRecorder(cfg, data.val_inputs, data.val_targets) if tc.fingerprint_every else None
     start_step = 0
     elapsed_before = 0.0
 
@@ -181,11 +207,17 @@ def train(
             batch_gen.set_state(state["batch_gen"])
             eval_gen.set_state(state["eval_gen"])
             rows = state["rows"]
+            if recorder is not None:
+                recorder.rows = list(state.get("fingerprint_rows", []))
             start_step = state["step"]
             elapsed_before = state.get("elapsed_s", 0.0)
         runs.write_config(run_dir, cfg)
         if start_step == 0:
             runs.save_checkpoint(runs.checkpoint_path(run_dir, 0), model, 0, cfg)
+    if recorder is not None and start_step == 0:
+        recorder.record(model, 0)
+        if run_dir is not None:
+            recorder.write(run_dir)
 
     n_train, n_val = len(data.train_targets), len(data.val_targets)
     eval_size = tc.eval_batches * tc.batch_size
@@ -234,6 +266,8 @@ def train(
                 grok_step = step
                 if tc.early_stop_delay is not None:
                     stop_at = min(stop_at, step + tc.early_stop_delay)
+        if recorder is not None and recorder.due(step):
+            recorder.record(model, step)
         bar.update(1)
 
         if run_dir is not None and (step in save_points or step == stop_at):
@@ -248,10 +282,13 @@ def train(
                     "batch_gen": batch_gen.get_state(),
                     "eval_gen": eval_gen.get_state(),
                     "rows": rows,
+                    "fingerprint_rows": recorder.rows if recorder is not None else [],
                     "elapsed_s": elapsed_before + time.perf_counter() - t0,
                 },
             )
             runs.atomic_write_csv(run_dir / "metrics.csv", pd.DataFrame(rows, columns=METRIC_COLUMNS))
+            if recorder is not None:
+                recorder.write(run_dir)
     bar.close()
 
     elapsed = elapsed_before + time.perf_counter() - t0
@@ -268,5 +305,8 @@ def train(
     }
     if run_dir is not None:
         runs.atomic_write_csv(run_dir / "metrics.csv", table)
+        if recorder is not None:
+            recorder.write(run_dir)
         runs.atomic_write_json(run_dir / "summary.json", summary)  # last: marks the run finished
-    return TrainResult(model=model, metrics=table, summary=summary, task=task)
+    return TrainResult(model=model, metrics=table, summary=summary, task=task,
+                       fingerprints=recorder.frame() if recorder is not None else None)

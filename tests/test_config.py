@@ -10,9 +10,12 @@ def _write(tmp_path, text):
 
 
 def test_presets_load(repo_root):
-    for name in ("reference", "ai_scientist", "quick"):
-        params = load_params(repo_root / "params" / f"{name}.yaml")
+    presets = sorted((repo_root / "params").glob("*.yaml"))
+    assert {"reference", "ai_scientist", "quick", "wd_sweep", "perturbation"} <= {p.stem for p in presets}
+    for path in presets:
+        params = load_params(path)
         assert resolve_run(params).run_id
+        assert len(expand(params)) >= 1
     assert len(expand(load_params(repo_root / "params" / "ai_scientist.yaml"))) == 27 * 4 * 5
 
 
@@ -51,6 +54,13 @@ def test_first_axis_value_then_overrides(repo_root):
         ("train:\n  num_steps: 0\n", "'train.num_steps' must be > 0"),
         ("llc:\n  num_draws: -5\n", "'llc.num_draws' must be > 0"),
         ("train: [1, 2]\n", "'train' must be a mapping"),
+        ("train:\n  fingerprint_every: 0\n", "'train.fingerprint_every' must be > 0"),
+        ("train:\n  fingerprint_every: ten\n", "'train.fingerprint_every' must be int"),
+        ("train:\n  fingerprint_probes: -1\n", "'train.fingerprint_probes' must be > 0"),
+        ("train:\n  init_perturbation: -0.1\n", "'train.init_perturbation' must be >= 0"),
+        ("train:\n  init_perturbation: .inf\n", "'train.init_perturbation' must be finite"),
+        ("train:\n  perturbation_seed: -2\n", "'train.perturbation_seed' must be >= 0"),
+        ("grid:\n  axes:\n    train.init_perturbation: [0.01, -1.0]\n", "'train.init_perturbation' must be >= 0"),
         ("model: {num_layers: [\n", "not valid YAML"),
     ],
 )

@@ -1,7 +1,8 @@
 """A sweep killed with SIGKILL, then started again, completes with nothing lost or redone;
 two sweeps on one output directory do not run at once.
 
-The study has two configs run one after the other: A (30 training steps) finishes first;
+The study has two configs run one after the other (``--workers 1``; the default runs one
+config per CPU, and B would then train alongside A): A (30 training steps) finishes first;
 B (3,000 steps, six checkpoints) is killed twice: during its training, then during its
 LLC trajectory. Each kill waits for an observable state on disk, not for a time.
 """
@@ -25,6 +26,7 @@ from llcgrok.config import dump_yaml
 pytestmark = pytest.mark.slow
 
 LLCGROK = [sys.executable, "-m", "llcgrok.cli"]
+ONE_AT_A_TIME = ["--workers", "1"]
 STUDY = {
     "task": {"name": "x_plus_y", "p": 11},
     "model": {"num_layers": 1, "d_model": 16, "num_heads": 2},
@@ -64,7 +66,7 @@ class Sweeps:
 
     def start(self, params: Path, out: Path) -> subprocess.Popen:
         log = open(self.folder / f"sweep{len(self.started)}.log", "w+")
-        process = subprocess.Popen([*LLCGROK, "sweep", str(params), "--out", str(out), "--no-report", "--quiet"],
+        process = subprocess.Popen([*LLCGROK, "sweep", str(params), "--out", str(out), "--no-report", "--quiet", *ONE_AT_A_TIME],
                                    stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True)
         process.log = log
         self.started.append(process)
@@ -137,7 +139,7 @@ def test_killed_sweep_restarts_and_completes_without_redoing_work(tmp_path, swee
     sweeps.wait_until(first, lambda: (out / ".session.json").exists(), "the first sweep holding the directory")
     # A second sweep on the same directory while the first runs (config A takes the first
     # several seconds): refused with exit code 3.
-    second = subprocess.run([*LLCGROK, "sweep", str(params), "--out", str(out), "--no-report"],
+    second = subprocess.run([*LLCGROK, "sweep", str(params), "--out", str(out), "--no-report", *ONE_AT_A_TIME],
                             capture_output=True, text=True, timeout=300)
     assert first.poll() is None, "the first sweep ended before the second one was refused"
     assert second.returncode == 3, second.stderr

@@ -20,7 +20,8 @@ TINY = {
         "calibration": {"epsilons": [1.0e-4, 1.0e-3], "nbetas": [10.0]},
     },
 }
-NOTEBOOKS = ["train.ipynb", "calibrate.ipynb", "llc_trajectory.ipynb", "colab_quickstart.ipynb", "capacity_report.ipynb"]
+NOTEBOOKS = ["train.ipynb", "calibrate.ipynb", "llc_trajectory.ipynb", "colab_quickstart.ipynb", "capacity_report.ipynb",
+             "fingerprints.ipynb"]
 
 
 def test_notebooks_are_committed_clean(repo_root):
