@@ -32,7 +32,6 @@ from .llc import (
     AllChainsFailed,
     DataSpec,
     LLCError,
-    LLCEstimate,
     MAX_FRAC_BELOW,
     LossSpec,
     as_dataset,
@@ -40,7 +39,7 @@ from .llc import (
     estimate_llc,
 )
 
-RULE_VERSION = 2
+RULE_VERSION = 3
 DEFAULT_MALA_BAND = (0.2, 1.0)
 FLAT_TOL = 0.2  # |log(llc / llc of an epsilon-neighbour)| within this: a plateau (about 20 %)
 
@@ -51,10 +50,11 @@ stayed in the basin (cross-entropy: the draws' mean loss climbed less than a fif
 from L_n(w*) to chance), at most {MAX_FRAC_BELOW:.0%} of draws fall below L_n(w*), and the mean MALA
 acceptance lies in the band. A healthy point is on a plateau when an epsilon-neighbour
 (same nbeta, adjacent epsilon of the grid) is healthy with an LLC within {FLAT_TOL:.0%}
-(|log ratio| <= {FLAT_TOL}). Among plateau points (or, when there are none, all healthy
-points, said so in the reason) take: the nbeta closest to the preferred one (llc.nbeta;
-n/log n, the theory's value, when unset);
-then a point whose next larger epsilon is healthy too (a margin from instability, since
+(|log ratio| <= {FLAT_TOL}). First the nbeta: of the nbetas with a healthy point, the one
+closest to the preferred one (llc.nbeta; n/log n, the theory's value, when unset), since LLC
+values compare only at equal nbeta and a study fixes it for that reason. At that nbeta,
+among plateau points (or, when there are none, all healthy points, said so in the reason)
+take: a point whose next larger epsilon is healthy too (a margin from instability, since
 other checkpoints may be sharper than this one); then the largest epsilon (fastest
 mixing); then the flattest. No healthy point: no recommendation."""
 
@@ -171,16 +171,16 @@ def recommend(
         counts = table["reject_reason"].str.replace(r"\s*\(.*\)|\d+ chain\(s\) ", "", regex=True).value_counts()
         summary = "; ".join(f"{n} x {reason}" for reason, n in counts.items())
         return None, f"no healthy point in the grid ({summary}). {_hint(table)}", table
-    candidates = table[table["plateau"]]
+    if nbeta_preferred:
+        closeness = (healthy["nbeta"] / nbeta_preferred).map(math.log).abs().round(9)
+        healthy = healthy[closeness == closeness.min()]
+    candidates = healthy[healthy["plateau"]]
     note = ""
     if candidates.empty:
         candidates = healthy
-        note = " No plateau: no healthy point has an epsilon-neighbour within 20 %; treat the value with care."
-    def key(r):
-        closeness = abs(math.log(r.nbeta / nbeta_preferred)) if nbeta_preferred else 0.0
-        return (round(closeness, 9), not r.margin, -r.epsilon, r.flatness)
-
-    best = min(candidates.itertuples(), key=key)
+        note = (f" No plateau{' at this nbeta' if nbeta_preferred else ''}: no healthy point has an epsilon-neighbour "
+                "within 20 %; treat the value with care.")
+    best = min(candidates.itertuples(), key=lambda r: (not r.margin, -r.epsilon, r.flatness))
     recommended = {"epsilon": float(best.epsilon), "nbeta": float(best.nbeta)}
     reason = (
         f"epsilon={best.epsilon:g}, nbeta={best.nbeta:.4g}: LLC {best.llc_mean:.4g}, "

@@ -613,6 +613,55 @@ def _describe(settings: dict) -> str:
     return ", ".join(f"{k}={settings[k]:g}" if isinstance(settings[k], float) else f"{k}={settings[k]}" for k in SETTING_COLUMNS)
 
 
+def apply_calibration(calibration, settings: dict, run_dir, *, strict: bool, widen_hint: str) -> tuple[dict, str, bool]:
+    """The settings a trajectory runs with after ``calibration``: its recommendation, or,
+    when it recommends nothing, ``settings`` unchanged with a loud warning and a
+    ``settings_source`` starting with ``UNCALIBRATED`` (``strict`` raises
+    :class:`~llcgrok.calibrate.NoRecommendation` instead). Returns (settings, source, calibrated)."""
+    from .calibrate import NoRecommendation
+
+    if calibration.recommended is None:
+        if strict:
+            raise NoRecommendation(f"{run_dir}: calibration found no healthy epsilon/nbeta ({calibration.reason}). {widen_hint}")
+        warnings.warn(
+            f"{run_dir}: calibration found no healthy epsilon/nbeta ({calibration.reason}). Estimating with "
+            f"the given settings ({_describe(settings)}); every row of llc.csv says UNCALIBRATED in settings_source. "
+            f"Treat these numbers with care. {widen_hint}",
+            stacklevel=3,
+        )
+        return settings, f"UNCALIBRATED: calibration at step {calibration.step} recommended nothing; given epsilon/nbeta used", False
+    recommended = calibration.recommended
+    settings = {**settings, "epsilon": float(recommended["epsilon"]), "nbeta": float(recommended["nbeta"]),
+                "localization": float(recommended.get("localization", settings["localization"]))}
+    return settings, f"calibrated at step {calibration.step}", True
+
+
+def rows_done(path: Path, settings: dict) -> list[dict]:
+    """The rows of an existing trajectory file, to resume from; an error if any was made
+    with other sampler settings (a trajectory mixes no settings)."""
+    if not path.exists():
+        return []
+    done = pd.read_csv(path)
+    mismatched = [int(r.step) for _, r in done.iterrows() if not _same_settings(r, settings)]
+    if mismatched:
+        first = done.iloc[0]
+        recorded = {k: first[k] for k in SETTING_COLUMNS if k in first}
+        raise LLCError(
+            f"{path} holds estimates made with other sampler settings ({_describe_any(recorded)}) than "
+            f"now ({_describe(settings)}); move it away to start a new trajectory"
+        )
+    return done.to_dict("records")
+
+
+def failed_row(exc: AllChainsFailed, settings: dict) -> dict:
+    """The trajectory row of a checkpoint where every chain failed: NaN LLC, the reasons."""
+    return {
+        "llc_mean": float("nan"), "llc_std": float("nan"), "healthy": False,
+        "num_diverged": settings["num_chains"], "failure_reasons": "; ".join(exc.reasons),
+        "warnings": "every chain failed", **settings,
+    }
+
+
 def trajectory_columns() -> list[str]:
     return [
         "step", "llc_mean", "llc_std", "healthy", "mala_acceptance", "frac_below_init", "num_diverged",
@@ -652,47 +701,22 @@ def run_trajectory(run_dir, llc_cfg, *, calibrate: bool | None = None, quiet: bo
     settings = settings_from_config(llc_cfg, len(task.train_targets))
     source = "config"
     if calibrate:
-        from .calibrate import NoRecommendation, calibrate_run
+        from .calibrate import calibrate_run
 
         if not runs.is_trained(run_dir):
             raise LLCError(f"{run_dir}: training has not finished; calibration needs the final checkpoint")
         calibration = calibrate_run(run_dir, llc_cfg, quiet=quiet)
-        if calibration.recommended is None:
-            if strict:
-                raise NoRecommendation(
-                    f"{run_dir}: calibration found no healthy epsilon/nbeta ({calibration.reason}). Widen "
-                    "llc.calibration.epsilons/nbetas, or run uncalibrated with --no-calibrate."
-                )
-            source = f"UNCALIBRATED: calibration at step {calibration.step} recommended nothing; llc.epsilon/llc.nbeta used"
-            warnings.warn(
-                f"{run_dir}: calibration found no healthy epsilon/nbeta ({calibration.reason}). Estimating with "
-                f"the configured settings ({_describe(settings)}); every row of llc.csv says so in settings_source. "
-                "Treat these numbers with care, or widen llc.calibration.epsilons/nbetas.",
-                stacklevel=2,
-            )
-        else:
-            settings["epsilon"] = float(calibration.recommended["epsilon"])
-            settings["nbeta"] = float(calibration.recommended["nbeta"])
-            source = f"calibrated at step {calibration.step}"
+        settings, source, _ = apply_calibration(
+            calibration, settings, run_dir, strict=strict,
+            widen_hint="Widen llc.calibration.epsilons/nbetas, or run uncalibrated with --no-calibrate.")
 
     path = run_dir / LLC_CSV
     columns = trajectory_columns()
-    done = pd.DataFrame(columns=columns)
-    if path.exists():
-        done = pd.read_csv(path)
-        mismatched = [int(r.step) for _, r in done.iterrows() if not _same_settings(r, settings)]
-        if mismatched:
-            first = done.iloc[0]
-            recorded = {k: first[k] for k in SETTING_COLUMNS if k in first}
-            raise LLCError(
-                f"{path} holds estimates made with other sampler settings ({_describe_any(recorded)}) than "
-                f"now ({_describe(settings)}); move it away to start a new trajectory"
-            )
-    done_steps = set(int(s) for s in done["step"]) if len(done) else set()
+    rows = rows_done(path, settings)
+    done_steps = {int(r["step"]) for r in rows}
     todo = [(step, p) for step, p in checkpoints if step not in done_steps]
     device = resolve_device(llc_cfg.device)
     data = task.to(device)
-    rows = done.to_dict("records")
     bar = tqdm(todo, desc=f"LLC {run_dir.name}", unit="ckpt", disable=quiet)
     for step, ckpt in bar:
         model, _ = runs.load_checkpoint(ckpt, device)
@@ -704,22 +728,17 @@ def run_trajectory(run_dir, llc_cfg, *, calibrate: bool | None = None, quiet: bo
             )
             row = est.to_row()
         except AllChainsFailed as exc:
-            row = {
-                "llc_mean": float("nan"), "llc_std": float("nan"), "healthy": False,
-                "num_diverged": settings["num_chains"], "failure_reasons": "; ".join(exc.reasons),
-                "warnings": "every chain failed", **settings,
-            }
+            row = failed_row(exc, settings)
         row["seconds"] = time.perf_counter() - t0
         train_loss, train_acc = evaluate_acc(model, data.train_inputs, data.train_targets)
         val_loss, val_acc = evaluate_acc(model, data.val_inputs, data.val_targets)
         row.update(step=step, settings_source=source, train_loss=train_loss, train_acc=train_acc, val_loss=val_loss, val_acc=val_acc)
         row["num_params"] = sum(p.numel() for p in model.parameters())
         rows.append(row)
-        frame = _trajectory_frame(rows, columns)
-        runs.atomic_write_csv(path, frame)
+        runs.atomic_write_csv(path, trajectory_frame(rows, columns))
         bar.set_postfix(step=step, llc=f"{row['llc_mean']:.3g}", refresh=False)
     bar.close()
-    frame = _trajectory_frame(rows, columns)
+    frame = trajectory_frame(rows, columns)
     if not todo and not path.exists():
         runs.atomic_write_csv(path, frame)
     return frame
@@ -729,7 +748,9 @@ def _describe_any(values: dict) -> str:
     return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
 
 
-def _trajectory_frame(rows: list[dict], columns: list[str]) -> pd.DataFrame:
+def trajectory_frame(rows: list[dict], columns: list[str]) -> pd.DataFrame:
+    """Trajectory rows as a table: ``columns`` first (NaN where a row lacks one), then any
+    others, sorted by step."""
     frame = pd.DataFrame(rows)
     for column in columns:
         if column not in frame:

@@ -72,6 +72,26 @@ def llc_table(summary: pd.DataFrame) -> pd.DataFrame:
     return _order_buckets(aggregate_over_seeds(done, ["task", "bucket", "arch", "num_params"], LLC_COLUMNS))
 
 
+def settings_warning(summary: pd.DataFrame) -> str | None:
+    """A warning when the finished runs' LLC values were estimated at more than one nbeta
+    or localization (means over such runs mix quantities that do not compare), or when some
+    were not calibrated; None when all share one setting and were calibrated."""
+    done = summary[summary["status"] == "complete"]
+    if "llc_nbeta" not in done or done["llc_nbeta"].isna().all():
+        return None
+    problems = []
+    for column, name in (("llc_nbeta", "nbeta"), ("llc_localization", "localization")):
+        values = sorted(done[column].dropna().unique())
+        if len(values) > 1:
+            runs_at = "; ".join(f"{name} {v:g}: " + ", ".join(done.loc[done[column] == v, "run_id"]) for v in values)
+            problems.append(f"LLC values were estimated at {len(values)} different {name}s ({runs_at}); "
+                            f"they compare only at equal {name}")
+    uncalibrated = done.loc[done["llc_calibrated"].astype(str).str.lower().isin(["false", "0"]), "run_id"].tolist()
+    if uncalibrated:
+        problems.append(f"{len(uncalibrated)} run(s) UNCALIBRATED (calibration recommended nothing): {', '.join(uncalibrated)}")
+    return "; ".join(problems) or None
+
+
 def pairs_in_sweep(summary: pd.DataFrame) -> pd.DataFrame:
     """Deep-narrow vs wide-shallow pairs among the sweep's architectures."""
     archs = summary.drop_duplicates("arch")[["arch", "num_layers", "d_model", "num_heads", "num_params", "bucket"]]

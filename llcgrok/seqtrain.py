@@ -32,7 +32,6 @@ import json
 import math
 import time
 import typing
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -703,8 +702,7 @@ def sequence_llc_trajectory(
     1 - exact match) on the full train and held-out sets at that checkpoint. Rows are written
     as each checkpoint finishes; a rerun with the same settings skips the steps in the file.
     """
-    from .calibrate import NoRecommendation
-    from .llc import AllChainsFailed, LLCError, SETTING_COLUMNS, _same_settings, default_nbeta, estimate_llc
+    from .llc import AllChainsFailed, apply_calibration, default_nbeta, estimate_llc, failed_row, rows_done, trajectory_frame
 
     run_dir = Path(run_dir)
     cfg = read_seq_config(run_dir)
@@ -724,30 +722,12 @@ def sequence_llc_trajectory(
             num_draws=calibration_draws or num_draws, num_burnin_steps=num_burnin_steps, batch_size=batch_size,
             seed=seed, nbeta_preferred=settings["nbeta"], mala_band=mala_band, cores=cores, device=device, quiet=quiet,
         )
-        if calibration.recommended is None:
-            if strict:
-                raise NoRecommendation(f"{run_dir}: calibration found no healthy epsilon/nbeta ({calibration.reason})")
-            source = f"UNCALIBRATED: calibration at step {calibration.step} recommended nothing; given epsilon/nbeta used"
-            warnings.warn(
-                f"{run_dir}: calibration found no healthy epsilon/nbeta ({calibration.reason}). Estimating with "
-                f"epsilon={settings['epsilon']:g}, nbeta={settings['nbeta']:.4g}, localization={settings['localization']:g}; "
-                "every row of llc.csv says UNCALIBRATED.",
-                stacklevel=2,
-            )
-        else:
-            settings["epsilon"] = float(calibration.recommended["epsilon"])
-            settings["nbeta"] = float(calibration.recommended["nbeta"])
-            settings["localization"] = float(calibration.recommended.get("localization", localization))
-            source, calibrated = f"calibrated at step {calibration.step}", True
+        settings, source, calibrated = apply_calibration(calibration, settings, run_dir, strict=strict,
+                                                         widen_hint="Widen epsilons / nbetas / localizations.")
 
     path = run_dir / "llc.csv"
     columns = trajectory_columns(cfg.task)
-    rows: list[dict] = []
-    if path.exists():
-        done = pd.read_csv(path)
-        if any(not _same_settings(r, settings) for _, r in done.iterrows()):
-            raise LLCError(f"{path} holds estimates made with other sampler settings; move it away to start a new trajectory")
-        rows = done.to_dict("records")
+    rows = rows_done(path, settings)
     done_steps = {int(r["step"]) for r in rows}
     dev = resolve_device(device)
     train_x, train_y = data.train_inputs.to(dev), data.train_targets.to(dev)
@@ -768,8 +748,7 @@ def sequence_llc_trajectory(
                                                           "draws climbed a fifth of the way to the chance loss: the chain left the basin"]))
             row["escaped"], row["healthy"] = escaped, bool(row["healthy"]) and not escaped
         except AllChainsFailed as exc:
-            row = {"llc_mean": float("nan"), "llc_std": float("nan"), "healthy": False, "num_diverged": settings["num_chains"],
-                   "failure_reasons": "; ".join(exc.reasons), "warnings": "every chain failed", **settings}
+            row = failed_row(exc, settings)
         row["seconds"] = time.perf_counter() - t0
         row["chance_loss"] = chance
         tr = evaluate_seq(model, cfg.task, train_x, train_y)
@@ -780,22 +759,13 @@ def sequence_llc_trajectory(
         for name in metric_names(cfg.task):
             row[f"train_{name}"], row[f"val_{name}"] = tr[name], va[name]
         rows.append(row)
-        runs.atomic_write_csv(path, _frame(rows, columns))
+        runs.atomic_write_csv(path, trajectory_frame(rows, columns))
         bar.set_postfix(step=step, llc=f"{row['llc_mean']:.3g}", refresh=False)
     bar.close()
-    frame = _frame(rows, columns)
+    frame = trajectory_frame(rows, columns)
     if not path.exists():
         runs.atomic_write_csv(path, frame)
     return frame
-
-
-def _frame(rows: list[dict], columns: list[str]) -> pd.DataFrame:
-    frame = pd.DataFrame(rows)
-    for column in columns:
-        if column not in frame:
-            frame[column] = np.nan
-    extra = [c for c in frame.columns if c not in columns]
-    return frame[columns + extra].sort_values("step", kind="stable").reset_index(drop=True)
 
 
 def llc_summary(trajectory: pd.DataFrame) -> dict:

@@ -7,7 +7,7 @@ Layout of a sweep directory::
     runs/.partial/<run_id>/   configs under way or interrupted; a restart resumes them
     failed/<run_id>/          error.txt, the failed notebook and kernel.log of configs that failed
     summary.csv               one row per config of the study
-    report.ipynb, figures/    the capacity report
+    report.ipynb, figures/    the capacity report (report.kernel.log: its kernel's own log)
     params.yaml               the params file the sweep ran
     .lock                     flock held by the running sweep: a second sweep stops (exit 3)
     .session.json             the running sweep's id: a worker checks that it sees this directory
@@ -62,8 +62,11 @@ SUMMARY_COLUMNS = [
     "run_id", "task", "num_layers", "d_model", "num_heads", "num_params", "bucket", "seed",
     "steps_to_memorization", "steps_to_grokking", "min_val_acc_after_grokking",
     "frac_evals_above_after_grokking", "num_drops_after_grokking", "final_train_acc",
-    "final_val_acc", "llc_peak", "llc_peak_step", "llc_final", "status",
+    "final_val_acc", "llc_peak", "llc_peak_step", "llc_final",
+    # the sampler settings behind the LLC columns: values compare only at equal nbeta and localization
+    "llc_epsilon", "llc_nbeta", "llc_localization", "llc_calibrated", "status",
 ]
+LLC_SUMMARY_COLUMNS = ["llc_peak", "llc_peak_step", "llc_final", "llc_epsilon", "llc_nbeta", "llc_localization", "llc_calibrated"]
 
 
 @dataclass
@@ -162,9 +165,24 @@ def _config_lock(path: Path) -> Iterator[int]:
         os.close(fd)
 
 
-def _kernel_manager_class(env: Mapping[str, str], pass_fds: tuple[int, ...], log_file):
-    """A kernel manager whose kernels get ``env``, inherit ``pass_fds`` and write their
-    own stdout/stderr (kernel logs, C-level warnings) to ``log_file``.
+def this_interpreter_kernel_spec():
+    """A Python kernelspec that runs ``sys.executable``, the interpreter running the sweep.
+
+    Jupyter looks up the user-level ``python3`` kernelspec before the one of the active
+    environment, so a sweep started from a virtual environment would otherwise execute its
+    notebooks in whatever Python that user-level spec names, with another llcgrok or none.
+    """
+    from jupyter_client.kernelspec import KernelSpec
+
+    return KernelSpec(argv=[sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                      display_name=f"Python {sys.version_info.major}.{sys.version_info.minor} ({sys.executable})",
+                      language="python")
+
+
+def _kernel_manager_class(env: Mapping[str, str] | None = None, pass_fds: tuple[int, ...] = (), log_file=None):
+    """A kernel manager whose kernels run this interpreter (:func:`this_interpreter_kernel_spec`),
+    get ``env``, inherit ``pass_fds`` and write their own stdout/stderr (kernel logs,
+    C-level warnings) to ``log_file``.
 
     Passing the config's lock descriptor makes the kernel a co-holder of the lock: a
     kernel orphaned by a killed sweep keeps its config locked until it exits.
@@ -172,8 +190,14 @@ def _kernel_manager_class(env: Mapping[str, str], pass_fds: tuple[int, ...], log
     from jupyter_client.manager import AsyncKernelManager
 
     class SweepKernelManager(AsyncKernelManager):
+        @property
+        def kernel_spec(self):
+            if self._kernel_spec is None:
+                self._kernel_spec = this_interpreter_kernel_spec()
+            return self._kernel_spec
+
         async def start_kernel(self, **kw):
-            kw["env"] = {**(kw.get("env") or os.environ), **env}
+            kw["env"] = {**(kw.get("env") or os.environ), **(env or {})}
             kw["pass_fds"] = tuple(kw.get("pass_fds", ())) + tuple(pass_fds)
             if log_file is not None:
                 kw.setdefault("stdout", log_file)
@@ -480,15 +504,23 @@ def run_sweep(
 
 
 def _llc_figures(run_dir: Path) -> dict:
+    """Peak and final LLC of a run's trajectory, with the sampler settings that made them
+    (one set per trajectory: llc.csv refuses to mix settings)."""
+    figures = dict.fromkeys(LLC_SUMMARY_COLUMNS)
     path = run_dir / "llc.csv"
     if not path.exists():
-        return {"llc_peak": None, "llc_peak_step": None, "llc_final": None}
+        return figures
     table = pd.read_csv(path).sort_values("step")
     valid = table.dropna(subset=["llc_mean"])
     if valid.empty:
-        return {"llc_peak": None, "llc_peak_step": None, "llc_final": None}
+        return figures
     peak = valid.loc[valid["llc_mean"].idxmax()]
-    return {"llc_peak": float(peak["llc_mean"]), "llc_peak_step": int(peak["step"]), "llc_final": float(valid["llc_mean"].iloc[-1])}
+    first = table.iloc[0]
+    return {
+        "llc_peak": float(peak["llc_mean"]), "llc_peak_step": int(peak["step"]), "llc_final": float(valid["llc_mean"].iloc[-1]),
+        "llc_epsilon": float(first["epsilon"]), "llc_nbeta": float(first["nbeta"]), "llc_localization": float(first["localization"]),
+        "llc_calibrated": str(first.get("settings_source", "")).startswith("calibrated"),
+    }
 
 
 def summary_row(run_id: str, cfg: RunConfig, run_dir: Path, bucket: str, status: str) -> dict:
@@ -533,10 +565,12 @@ def write_report(sweep_dir: Path, *, quiet: bool = False) -> Path:
     if not (sweep_dir / "summary.csv").exists():
         raise ConfigError(f"{sweep_dir}: no summary.csv: is this a sweep directory?")
     output = sweep_dir / "report.ipynb"
-    papermill.execute_notebook(
-        str(notebooks_dir() / REPORT_NOTEBOOK), str(output), parameters={"sweep_dir": str(sweep_dir)},
-        progress_bar=False, cwd=str(sweep_dir), kernel_name="python3",
-    )
+    with open(sweep_dir / "report.kernel.log", "ab") as log:  # the kernel's own warnings, off the terminal
+        papermill.execute_notebook(
+            str(notebooks_dir() / REPORT_NOTEBOOK), str(output), parameters={"sweep_dir": str(sweep_dir)},
+            progress_bar=False, cwd=str(sweep_dir), kernel_name="python3", language="python",
+            kernel_manager_class=_kernel_manager_class(log_file=log),
+        )
     if not quiet:
         print(f"report: {output}", file=sys.stderr)
     return output

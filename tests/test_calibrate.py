@@ -1,11 +1,9 @@
 """Sampler calibration: the rule on hand-made tables, and sweeps on real models."""
 
-import math
 
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from problems import regression, train_tiny_run
 
@@ -58,6 +56,22 @@ def test_rule_without_a_plateau_still_picks_a_healthy_point_and_warns():
     table = pd.DataFrame([_row(1e-4, 100, 10.0), _row(1e-3, 100, 40.0)])
     recommended, reason, _ = recommend(table)
     assert recommended is not None and "No plateau" in reason
+
+
+def test_rule_keeps_the_preferred_nbeta_over_a_plateau_at_another():
+    # A study fixes nbeta so that LLC values compare; a plateau at another nbeta must not
+    # pull one run away from it while a healthy point exists at the preferred one.
+    table = pd.DataFrame([
+        _row(1e-4, 100, 10.0), _row(1e-3, 100, 40.0),  # healthy, no plateau
+        _row(1e-4, 300, 30.0), _row(1e-3, 300, 31.0),  # a plateau
+    ])
+    recommended, reason, _ = recommend(table, nbeta_preferred=100)
+    assert recommended == {"epsilon": 1e-4, "nbeta": 100.0}  # 1e-3 above it is healthy: a margin
+    assert "No plateau at this nbeta" in reason
+    # With no healthy point at the preferred nbeta, the nearest nbeta that has one.
+    table.loc[:1, "num_diverged"] = 1
+    recommended, reason, _ = recommend(table, nbeta_preferred=100)
+    assert recommended == {"epsilon": 1e-4, "nbeta": 300.0} and "plateau" in reason
 
 
 def test_calibration_on_a_regular_model_recommends_a_point_at_d_over_2():

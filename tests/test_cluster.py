@@ -12,7 +12,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -86,7 +85,7 @@ def local_reference(tmp_path_factory):
     """The tiny sweep run locally, one config after another: the reference."""
     folder = tmp_path_factory.mktemp("local")
     params = write_tiny_study(folder / "tiny.yaml")
-    done = sweep(params, folder / "sweep")
+    done = sweep(params, folder / "sweep", "--workers", "1")
     assert done.returncode == 0, done.stderr
     return params, folder / "sweep"
 

@@ -4,8 +4,8 @@ import json
 
 import nbformat
 import pandas as pd
-import papermill
 import pytest
+from notebook_helpers import execute_notebook
 
 from llcgrok.config import dump_yaml
 
@@ -20,25 +20,19 @@ TINY = {
         "calibration": {"epsilons": [1.0e-4, 1.0e-3], "nbetas": [10.0]},
     },
 }
-NOTEBOOKS = ["train.ipynb", "calibrate.ipynb", "llc_trajectory.ipynb", "colab_quickstart.ipynb", "capacity_report.ipynb",
-             "fingerprints.ipynb"]
 
 
-def test_notebooks_are_committed_clean(repo_root):
-    for name in NOTEBOOKS:
-        nb = nbformat.read(repo_root / "notebooks" / name, as_version=4)
+def test_every_notebook_is_committed_clean_and_executed_by_a_test(repo_root):
+    notebooks = sorted((repo_root / "notebooks").glob("*.ipynb"))
+    assert len(notebooks) >= 8
+    tests = "".join(p.read_text() for p in (repo_root / "tests").glob("test_*.py"))
+    tests += (repo_root / "llcgrok" / "sweep.py").read_text()  # the notebooks a sweep runs: tests/test_sweep.py
+    for path in notebooks:
+        nb = nbformat.read(path, as_version=4)
         code = [c for c in nb.cells if c.cell_type == "code"]
-        assert "parameters" in code[0].metadata.get("tags", []), name
-        assert all(not c.get("outputs") and c.get("execution_count") is None for c in code), name
-
-
-def _execute(repo_root, name, out_dir, **parameters):
-    output = out_dir / name
-    papermill.execute_notebook(
-        str(repo_root / "notebooks" / name), str(output), parameters=parameters,
-        cwd=str(out_dir), progress_bar=False, kernel_name="python3",
-    )
-    return output
+        assert "parameters" in code[0].metadata.get("tags", []), path.name
+        assert all(not c.get("outputs") and c.get("execution_count") is None for c in code), path.name
+        assert f'"{path.name}"' in tests, f"no test executes notebooks/{path.name}"
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +41,7 @@ def tiny_run(tmp_path_factory, repo_root):
     out = tmp_path_factory.mktemp("nb")
     run_dir = out / "run"
     for name in ("train.ipynb", "calibrate.ipynb", "llc_trajectory.ipynb"):
-        _execute(repo_root, name, out, **TINY, run_dir=str(run_dir), quiet=True)
+        execute_notebook(repo_root, name, out, **TINY, run_dir=str(run_dir), quiet=True)
     return out, run_dir
 
 
@@ -93,6 +87,6 @@ def test_papermill_cli_with_a_params_file(tmp_path, repo_root):
 
 
 def test_colab_quickstart_runs_without_installing(tmp_path, repo_root):
-    _execute(repo_root, "colab_quickstart.ipynb", tmp_path, **{k: v for k, v in TINY.items()},
+    execute_notebook(repo_root, "colab_quickstart.ipynb", tmp_path, **{k: v for k, v in TINY.items()},
              run_dir=str(tmp_path / "qs"), quiet=True, llcgrok_source="/nonexistent")
     assert (tmp_path / "qs" / "llc.csv").exists()

@@ -2,11 +2,10 @@
 
 import json
 
-import nbformat
 import pandas as pd
-import papermill
 import pytest
 import torch
+from notebook_helpers import execute_notebook
 
 from llcgrok import runs
 from llcgrok import seqtrain
@@ -26,7 +25,6 @@ FX_TINY = dict(num_threads=1, task="fraction_of_x", seq_len=6, alphabet_size=3, 
                batch_size=32, lr=1e-2, num_checkpoints=3, model={"d_model": 8, "num_heads": 1, "d_ff": 0})
 ADD_TINY = dict(num_threads=1, task="addition", n_digits=2, n_train=400, n_val=100, num_steps=30, eval_every=10, batch_size=32,
                 num_checkpoints=3, model={"d_model": 8, "num_heads": 2, "d_ff": 16, "qkv_rank": 2, "ffn_rank": 2})
-NOTEBOOKS = ["fraction_of_x.ipynb", "addition.ipynb"]
 
 
 # --------------------------------------------------------------------------- config
@@ -193,28 +191,13 @@ def test_escape_is_judged_against_the_chance_loss():
 # --------------------------------------------------------------------------- notebooks
 
 
-def test_notebooks_are_committed_clean(repo_root):
-    for name in NOTEBOOKS:
-        nb = nbformat.read(repo_root / "notebooks" / name, as_version=4)
-        code = [c for c in nb.cells if c.cell_type == "code"]
-        assert "parameters" in code[0].metadata.get("tags", []), name
-        assert all(not c.get("outputs") and c.get("execution_count") is None for c in code), name
-
-
-def _execute(repo_root, name, out_dir, **parameters):
-    output = out_dir / name
-    papermill.execute_notebook(str(repo_root / "notebooks" / name), str(output), parameters=parameters,
-                               cwd=str(out_dir), progress_bar=False, kernel_name="python3")
-    return output
-
-
 TINY_LLC = {"num_chains": 1, "num_draws": 10, "batch_size": 64, "epsilons": [1e-5, 1e-4], "nbetas": [100.0],
             "localizations": [1e3]}
 
 
 @pytest.mark.slow
 def test_fraction_of_x_notebook(tmp_path, repo_root):
-    _execute(repo_root, "fraction_of_x.ipynb", tmp_path, config=FX_TINY, llc=TINY_LLC, run_dir=str(tmp_path / "run"), quiet=True)
+    execute_notebook(repo_root, "fraction_of_x.ipynb", tmp_path, config=FX_TINY, llc=TINY_LLC, run_dir=str(tmp_path / "run"), quiet=True)
     run = tmp_path / "run"
     assert pd.read_csv(run / "llc.csv")["step"].tolist() == [0, 10, 20, 40]
     for figure in ("training_curves.png", "llc_vs_error.png", "calibration_heatmap.png"):
@@ -224,7 +207,7 @@ def test_fraction_of_x_notebook(tmp_path, repo_root):
 @pytest.mark.slow
 def test_addition_notebook(tmp_path, repo_root):
     config = dict(ADD_TINY, curriculum=[[0, 1], [20, 2]])
-    _execute(repo_root, "addition.ipynb", tmp_path, config=config, llc=TINY_LLC, run_dir=str(tmp_path / "run"), quiet=True)
+    execute_notebook(repo_root, "addition.ipynb", tmp_path, config=config, llc=TINY_LLC, run_dir=str(tmp_path / "run"), quiet=True)
     run = tmp_path / "run"
     llc = pd.read_csv(run / "llc.csv")
     assert llc["step"].tolist() == [0, 10, 20, 30] and "val_exact_match" in llc

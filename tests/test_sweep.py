@@ -40,6 +40,9 @@ def test_tiny_sweep_end_to_end_then_skips_everything(tmp_path):
     for run_id in first.completed:
         run = out / "runs" / run_id
         assert {"train.ipynb", "calibrate.ipynb", "llc_trajectory.ipynb", "llc.csv", "summary.json"} <= set(os.listdir(run))
+        llc, row = pd.read_csv(run / "llc.csv"), summary.set_index("run_id").loc[run_id]
+        assert (row["llc_nbeta"], row["llc_epsilon"], row["llc_localization"]) == tuple(llc[["nbeta", "epsilon", "localization"]].iloc[-1])
+        assert row["llc_calibrated"] == llc["settings_source"].iloc[-1].startswith("calibrated")
     assert (out / "report.ipynb").exists()
     figures = sorted(p.name for p in (out / "figures").glob("*.png"))
     assert "buckets_x_plus_y.png" in figures and "steps_by_arch.png" in figures
@@ -61,3 +64,50 @@ def test_a_failing_config_is_recorded_and_the_others_finish(tmp_path):
     assert (out / "failed" / failed_id / "train.ipynb").exists()
     summary = pd.read_csv(out / "summary.csv").set_index("run_id")
     assert summary.loc[failed_id, "status"] == "failed"
+
+
+def test_kernels_run_the_sweeps_interpreter_whatever_python3_kernelspec_comes_first(tmp_path, monkeypatch):
+    # A python3 kernelspec found before the environment's own (a user-level one, say) that
+    # names another Python: a sweep started from a virtual environment must not run its
+    # notebooks there, with another llcgrok or none.
+    import json
+    import sys
+
+    import nbformat
+    import papermill
+
+    from llcgrok.sweep import _kernel_manager_class
+
+    spec = tmp_path / "jupyter" / "kernels" / "python3"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps(
+        {"argv": ["/nonexistent/python", "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+         "display_name": "elsewhere", "language": "python"}))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    notebook = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("x = 1", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("import sys\nprint(sys.executable)"),
+    ])
+    source, output = tmp_path / "in.ipynb", tmp_path / "out.ipynb"
+    nbformat.write(notebook, source)
+    with pytest.raises(Exception):  # the stand-in spec really is the one found under "python3"
+        papermill.execute_notebook(str(source), str(tmp_path / "plain.ipynb"), kernel_name="python3",
+                                   progress_bar=False, start_timeout=20)
+    papermill.execute_notebook(str(source), str(output), kernel_name="python3", language="python",
+                               progress_bar=False, kernel_manager_class=_kernel_manager_class())
+    printed = nbformat.read(output, as_version=4).cells[1].outputs[0]["text"].strip()
+    assert printed == sys.executable
+
+
+def test_report_warns_when_llc_settings_differ_between_runs():
+    from llcgrok.report import settings_warning
+
+    summary = pd.DataFrame({
+        "run_id": ["a", "b", "c"], "status": ["complete", "complete", "failed"],
+        "llc_nbeta": [100.0, 100.0, 300.0], "llc_localization": [1e5, 1e5, 1e5], "llc_calibrated": [True, True, False],
+    })
+    assert settings_warning(summary) is None  # the failed run does not count
+    summary.loc[1, ["llc_nbeta", "llc_calibrated"]] = [300.0, False]
+    warning = settings_warning(summary)
+    assert "2 different nbetas (nbeta 100: a; nbeta 300: b)" in warning and "UNCALIBRATED" in warning and ": b" in warning
+    assert "localization" not in warning.split(";")[0]
