@@ -9,6 +9,8 @@ import pandas as pd
 import pytest
 import torch
 
+import problems
+
 from llcgrok import metrics as metrics_mod
 from llcgrok import runs
 from llcgrok.config import RunConfig
@@ -21,15 +23,7 @@ SEEDS = [0, 1, 2]
 
 
 def tiny_config(steps=40, **train_kw) -> RunConfig:
-    cfg = RunConfig()
-    cfg.task.p = 13
-    cfg.model.num_layers, cfg.model.d_model, cfg.model.num_heads = 2, 16, 2
-    cfg.train.num_steps, cfg.train.batch_size, cfg.train.eval_batches = steps, 64, 2
-    cfg.train.num_checkpoints = 5
-    cfg.train.device = "cpu"
-    for key, value in train_kw.items():
-        setattr(cfg.train, key, value)
-    return cfg
+    return problems.tiny_config(steps, num_layers=2, device="cpu", **train_kw)
 
 
 def assert_same_curve(separate: pd.DataFrame, member: pd.DataFrame) -> None:

@@ -8,23 +8,13 @@ import papermill
 import pytest
 import torch
 
+from problems import tiny_config
+
 from llcgrok import fingerprints as fpr
 from llcgrok import runs
-from llcgrok.config import RunConfig
 from llcgrok.model import build_model
 from llcgrok.tasks import make_task
 from llcgrok.train import _rng_seed, checkpoint_steps, perturb_initial_weights, train
-
-
-def tiny_config(steps=60, **train_kw) -> RunConfig:
-    cfg = RunConfig()
-    cfg.task.p = 13
-    cfg.model.num_layers, cfg.model.d_model, cfg.model.num_heads = 1, 16, 2
-    cfg.train.num_steps, cfg.train.batch_size, cfg.train.eval_batches = steps, 64, 2
-    cfg.train.num_checkpoints = 5
-    for key, value in train_kw.items():
-        setattr(cfg.train, key, value)
-    return cfg
 
 
 @pytest.fixture(scope="module")

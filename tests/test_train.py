@@ -6,20 +6,11 @@ import pandas as pd
 import pytest
 import torch
 
+from problems import tiny_config
+
 from llcgrok import runs
-from llcgrok.config import RunConfig, TrainConfig
+from llcgrok.config import TrainConfig
 from llcgrok.train import checkpoint_steps, learning_rate, train
-
-
-def tiny_config(steps=60, **train_kw) -> RunConfig:
-    cfg = RunConfig()
-    cfg.task.p = 13
-    cfg.model.num_layers, cfg.model.d_model, cfg.model.num_heads = 1, 16, 2
-    cfg.train.num_steps, cfg.train.batch_size, cfg.train.eval_batches = steps, 64, 2
-    cfg.train.num_checkpoints = 5
-    for key, value in train_kw.items():
-        setattr(cfg.train, key, value)
-    return cfg
 
 
 def test_checkpoint_schedules():
