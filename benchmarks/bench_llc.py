@@ -245,7 +245,7 @@ def main(argv=None) -> None:
                        table_rows))
 
     # the product path
-    from llcgrok.llc import run_trajectory
+    from llcgrok.trajectory import run_trajectory
 
     llc_cfg = LLCConfig(epsilon=settings["epsilon"], nbeta=settings["nbeta"], localization=settings["localization"],
                         num_chains=chains, num_draws=draws, batch_size=512, seed=0, cores=2, device="cpu", calibrate=False)

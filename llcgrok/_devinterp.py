@@ -8,7 +8,7 @@ Why devinterp 1.3.2 and not 2.x: 1.3.2 has the API the field's grokking notebook
 and light dependencies. 2.0 is built around language models (HF datasets of input_ids,
 zarr, transformers) and dropped the calibration and diagnostic tools we rely on.
 
-What this adapter does about 1.3.2's pitfalls (measured, see DESIGN.md):
+What this adapter does about 1.3.2's pitfalls (each measured with devinterp 1.3.2):
 
 * ``optimizer_kwargs`` is mutated by devinterp (``metrics`` lists grow chain after chain):
   every chain gets a fresh dict.
@@ -25,6 +25,15 @@ What this adapter does about 1.3.2's pitfalls (measured, see DESIGN.md):
   compute L_n(w*) ourselves and hand devinterp a placeholder it does not use.
 * devinterp's warnings (seeded runs, burn-in shorter than draws, deprecated SGLD class)
   are expected here and silenced; warnings from the user's model are not.
+* ``SGMCMC.rmsprop_sgld`` with ``MalaAcceptanceRate`` raises ``KeyError: 'distance'``
+  (the optimizer adds to a "distance" metric it was not asked to track): "distance" is
+  requested explicitly. Its drift list (``optimizer.dws``) is one list cleared and refilled
+  in place every step, so the callback's previous and current drifts would be the same
+  object: the callback is handed a copy of the list each draw. (The ``SGLD`` class makes a
+  new list per step; the copy changes nothing there.)
+
+``llcgrok.sgld_batched`` implements the same update without devinterp, many chains at a
+time; this module stays the reference path it is tested against.
 """
 
 from __future__ import annotations
@@ -42,6 +51,7 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, TensorDataset
 
 from devinterp.optim.sgld import SGLD
+from devinterp.optim.sgmcmc import SGMCMC
 from devinterp.slt.callback import SamplerCallback
 from devinterp.slt.mala import MalaAcceptanceRate
 from devinterp.slt.sampler import sample
@@ -69,6 +79,7 @@ class ChainSpec:
     seed: int
     device: str = "cpu"
     mala: bool = True
+    method: str = "sgld"  # "sgld" (devinterp's SGLD class) or "rmsprop_sgld" (SGMCMC.rmsprop_sgld)
 
 
 @dataclass
@@ -77,6 +88,30 @@ class ChainResult:
     mala: np.ndarray  # (num_draws,) MALA acceptance probability; NaN where undefined
     failed_at: int | None  # draw whose loss was not finite, or None
     seconds: float
+
+
+class _Mala(MalaAcceptanceRate):
+    """devinterp's MALA callback, handed a snapshot of the optimizer's drift list (see the
+    module docstring: SGMCMC reuses one list, which would alias the previous drift)."""
+
+    def __call__(self, chain: int, draw: int, model: torch.nn.Module, loss, optimizer, **_):
+        snapshot = _DriftSnapshot(list(optimizer.dws), optimizer.localization_loss)
+        self.update(chain, draw, model, loss, snapshot)
+
+
+@dataclass
+class _DriftSnapshot:
+    dws: list
+    localization_loss: object
+
+
+def _sampling_method(method: str):
+    """devinterp's optimizer for ``method``, and the metrics it must be asked for."""
+    if method == "sgld":
+        return SGLD, []
+    if method == "rmsprop_sgld":
+        return SGMCMC.rmsprop_sgld, ["distance"]
+    raise ValueError(f"method must be 'sgld' or 'rmsprop_sgld', got {method!r}")
 
 
 class _ChainStopped(Exception):
@@ -138,11 +173,12 @@ def sample_chain(model: torch.nn.Module, data: Dataset, evaluate: EvaluateFn, sp
     callbacks: list = [recorder]
     mala = None
     if spec.mala and spec.num_draws > 2:
-        mala = MalaAcceptanceRate(
-            num_chains=1, num_draws=spec.num_draws, learning_rate=spec.epsilon, nbeta=spec.nbeta, device="cpu"
-        )
+        mala = _Mala(num_chains=1, num_draws=spec.num_draws, learning_rate=spec.epsilon, nbeta=spec.nbeta, device="cpu")
         callbacks.append(mala)
+    sampling_method, metrics = _sampling_method(spec.method)
     optimizer_kwargs = {"lr": spec.epsilon, "nbeta": spec.nbeta, "localization": spec.localization}
+    if metrics:
+        optimizer_kwargs["metrics"] = metrics
     failed_at = None
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", module=r"devinterp(\..*)?$")
@@ -155,7 +191,7 @@ def sample_chain(model: torch.nn.Module, data: Dataset, evaluate: EvaluateFn, sp
                     make_loader(data, spec.batch_size, spec.seed),
                     callbacks=callbacks,
                     evaluate=evaluate,
-                    sampling_method=SGLD,
+                    sampling_method=sampling_method,
                     optimizer_kwargs=optimizer_kwargs,
                     num_draws=spec.num_draws,
                     num_chains=1,

@@ -12,19 +12,19 @@ import os
 import sys
 from pathlib import Path
 
-from .config import ConfigError, load_params, parse_set_option, resolve_run
+from .config import ConfigError, load_params, parse_overrides, resolve_run
 
 EXIT_FAILED, EXIT_BAD_INPUT, EXIT_LOCKED = 1, 2, 3
 
 
 def _overrides(pairs: list[str] | None) -> dict:
-    return dict(parse_set_option(p) for p in (pairs or []))
+    return parse_overrides(pairs or [])
 
 
-def _add_set(parser: argparse.ArgumentParser) -> None:
+def _add_set(parser: argparse.ArgumentParser, example: str = "model.d_model=64", scope: str = "") -> None:
     parser.add_argument(
         "--set", action="append", metavar="KEY=VALUE", default=[],
-        help="override one config value by dotted key, e.g. --set model.d_model=64 (repeatable)",
+        help=f"override one config value by dotted key{scope}, e.g. --set {example} (repeatable)",
     )
 
 
@@ -36,13 +36,11 @@ def cmd_train(args) -> int:
     from .train import train
 
     out = Path(args.out)
-    if runs.is_trained(out) and not args.force:
-        print(f"{out}: already trained (summary.json exists); --force retrains", file=sys.stderr)
+    # Another config in --out stops here (exit 2); the same one, finished, is skipped.
+    if not args.force and runs.prepare_run_dir(out, runs.training_identity(cfg)) and runs.is_trained(out):
+        print(f"{out}: already trained with this config (summary.json exists); --force retrains", file=sys.stderr)
         return 0
-    if args.force:
-        for name in ("summary.json", "state.pt"):
-            (out / name).unlink(missing_ok=True)
-    result = train(cfg, out, quiet=args.quiet)
+    result = train(cfg, out, quiet=args.quiet, force=args.force)
     s = result.summary
     print(
         f"{cfg.run_id}: {s['num_params']} params, memorized at {s['steps_to_memorization']}, "
@@ -83,7 +81,7 @@ def _llc_config(run_dir: Path, overrides: dict):
 
 
 def cmd_llc(args) -> int:
-    from .llc import run_trajectory
+    from .trajectory import run_trajectory
 
     run_dir = Path(args.run_dir)
     llc_cfg = _llc_config(run_dir, _overrides(args.set))
@@ -93,7 +91,7 @@ def cmd_llc(args) -> int:
 
 
 def cmd_calibrate(args) -> int:
-    from .calibrate import calibrate_run
+    from .trajectory import calibrate_run
 
     run_dir = Path(args.run_dir)
     result = calibrate_run(run_dir, _llc_config(run_dir, _overrides(args.set)), quiet=args.quiet)
@@ -129,6 +127,7 @@ def cmd_sweep(args) -> int:
         overrides=overrides,
         quiet=args.quiet,
         report=not args.no_report,
+        figure_formats=args.figure_formats,
     )
     return EXIT_FAILED if result.failed else 0
 
@@ -136,8 +135,14 @@ def cmd_sweep(args) -> int:
 def cmd_report(args) -> int:
     from .sweep import write_report
 
-    write_report(Path(args.sweep_dir), quiet=args.quiet)
+    write_report(Path(args.sweep_dir), quiet=args.quiet, formats=args.figure_formats)
     return 0
+
+
+def _add_figure_formats(p) -> None:
+    p.add_argument("--figure-formats", default=None, metavar="png,pdf,svg",
+                   type=lambda text: [f for f in text.split(",") if f.strip()],
+                   help="the report's figures in each of these formats (default png), each beside a CSV of its data")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -145,10 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train one config into a run directory")
-    p.add_argument("params", help="params YAML (a study's first value of each axis is used)")
+    p.add_argument("params", help="params YAML: its sections are the run; a grid axis gives its first value "
+                                  "only to a key the sections leave out")
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--force", action="store_true", help="retrain even if the run is finished")
+    p.add_argument("--force", action="store_true",
+                   help="replace what --out holds (a finished run, or a run of another config) with a new run")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_set(p)
     p.set_defaults(func=cmd_train)
@@ -162,17 +169,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--calibrate", dest="calibrate", action="store_true", default=None,
-                       help="calibrate on the final checkpoint first and use its recommendation")
+                       help="calibrate on the final checkpoint first and use its recommendation "
+                            "(the default, unless llc.calibrate is false)")
     group.add_argument("--no-calibrate", dest="calibrate", action="store_false",
                        help="use llc.epsilon and llc.nbeta as configured")
     p.add_argument("--quiet", action="store_true")
-    _add_set(p)
+    _add_set(p, "llc.num_draws=200", " (llc.* only; the run's config.yaml holds the rest)")
     p.set_defaults(func=cmd_llc)
 
     p = sub.add_parser("calibrate", help="epsilon x nbeta sweep on a run's final checkpoint")
     p.add_argument("run_dir")
     p.add_argument("--quiet", action="store_true")
-    _add_set(p)
+    _add_set(p, "llc.calibration.nbetas=[100]", " (llc.* only; the run's config.yaml holds the rest)")
     p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("sweep", help="run a study: per-config notebooks, then the report")
@@ -183,12 +191,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler", default=None, help="address of a running Dask scheduler, tcp://HOST:PORT")
     p.add_argument("--cluster", choices=["local"], default=None, help="start a Dask LocalCluster with --workers workers")
     p.add_argument("--no-report", action="store_true", help="skip the report notebook")
+    _add_figure_formats(p)
     p.add_argument("--quiet", action="store_true")
     _add_set(p)
     p.set_defaults(func=cmd_sweep)
 
-    p = sub.add_parser("report", help="(re)build a sweep's summary.csv, report notebook and figures")
+    p = sub.add_parser("report", help="(re)build a sweep's report notebook and figures from its summary.csv")
     p.add_argument("sweep_dir")
+    _add_figure_formats(p)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_report)
     return parser

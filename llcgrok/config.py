@@ -10,6 +10,7 @@ whose message is one line naming the file and the dotted key.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import itertools
@@ -27,6 +28,8 @@ TASK_NAMES = (
     "x_times_y", "x2_plus_y2", "x3_plus_xy",
 )
 SECTIONS = ("task", "model", "train", "llc", "grid")
+LLC_SAMPLERS = ("auto", "batched", "devinterp")  # llc.estimate_llc(sampler=...)
+LLC_METHODS = ("sgld", "rmsprop_sgld")  # llc.estimate_llc(method=...)
 
 
 class ConfigError(ValueError):
@@ -88,27 +91,38 @@ class TrainConfig:
 
 @dataclass
 class CalibrationConfig:
-    epsilons: typing.List[float] = field(default_factory=lambda: [1e-7, 3e-7, 1e-6, 3e-6, 1e-5])
-    nbetas: typing.List[float] = field(default_factory=lambda: [100.0, 300.0, 1000.0])
-    num_draws: typing.Optional[int] = None  # None: the llc section's num_draws
+    """Rule v4 (llcgrok.rule): a localization ladder walked downwards, at each rung steps
+    epsilon = c / (nbeta h_max + gamma) for the step fractions c, halved until the estimate
+    stops moving; the first gamma at which the estimate stops changing is certified."""
+
+    localizations: typing.List[float] = field(default_factory=lambda: [1e5, 1e4, 1e3, 1e2, 1e1, 1.0])
+    step_fractions: typing.List[float] = field(default_factory=lambda: [0.2, 0.1, 0.05, 0.025, 0.0125])
+    epsilons: typing.Optional[typing.List[float]] = None  # explicit steps instead of step_fractions
+    nbetas: typing.Optional[typing.List[float]] = None  # None: llc.nbeta only; more give the nbeta-slope
+    num_draws: typing.Optional[int] = None  # ignored since rule v4: calibration uses llc.num_draws, the trajectory's window
+    max_burnin_steps: int = 5000  # cap on the automatic burn-in (5 relaxation times of the slowest counted direction)
+    checkpoints: str = "final+peak"  # where the rule is applied: "final", or also the checkpoint where tr(H) peaks
     mala_band: typing.List[float] = field(default_factory=lambda: [0.2, 1.0])  # devinterp's MALA estimate reads ~0.55 even on a Gaussian posterior
 
 
 @dataclass
 class LLCConfig:
-    # Defaults measured on the quick preset's transformers (docs/results.md): localization
-    # 100 lets every chain escape to chance-level loss; 1e5 with epsilon <= 3e-6 does not.
+    # epsilon and localization are used as given only without calibration (rows then say
+    # "config", regime "curvature"); calibration replaces them (llcgrok.rule).
     epsilon: float = 1e-6
     nbeta: typing.Optional[float] = None  # None: n / log n for the n training examples
     localization: float = 1e5
-    num_chains: int = 2
-    num_draws: int = 150
-    num_burnin_steps: int = 0
-    batch_size: int = 512
+    num_chains: int = 4
+    num_draws: int = 400
+    num_burnin_steps: typing.Optional[int] = None  # None: 5 relaxation times (llcgrok.calibrate.burnin_steps)
+    batch_size: int = 256
     seed: int = 0
     cores: int = 1  # processes running chains in parallel
     device: str = "auto"
-    calibrate: bool = True  # calibrate on the final checkpoint before a trajectory
+    calibrate: bool = True  # calibrate (final and tr(H)-peak checkpoints) before a trajectory
+    curvature_probes: int = 10  # Hutchinson probes for tr(H) at every checkpoint (trace_ratio, the peak)
+    sampler: str = "auto"  # "batched" (chains as one computation), "devinterp" (its loop), "auto" (the faster)
+    method: str = "sgld"  # "sgld" or "rmsprop_sgld" (RMSProp-preconditioned)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
 
 
@@ -116,8 +130,9 @@ class LLCConfig:
 class GridConfig:
     """Study axes: dotted config keys mapped to lists of values, plus the seeds.
 
-    ``train`` and a per-config notebook take the first value of every axis; ``sweep``
-    expands the product of all axes and seeds.
+    ``sweep`` expands the product of all axes and seeds. One run (``llcgrok train``, a
+    notebook) is the sections as written: an axis gives its first value, and ``seeds`` its
+    first seed, only to a key that the sections leave out (:func:`resolve_run`).
     """
 
     axes: typing.Dict[str, list] = field(default_factory=dict)
@@ -148,6 +163,8 @@ class Params:
     base: RunConfig = field(default_factory=RunConfig)
     grid: GridConfig = field(default_factory=GridConfig)
     source: str = "<params>"
+    # Dotted keys the sections set (not defaults): they beat the grid's first values in one run.
+    explicit: frozenset = frozenset()
 
     def to_dict(self) -> dict:
         out = self.base.to_dict()
@@ -188,14 +205,17 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
         if isinstance(value, float) and value.is_integer():
             return int(value)
     elif tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
+            number = float(value)
+        elif isinstance(value, str):
             # YAML 1.1 reads "1e-3" (no dot) as a string; accept it as the number it means.
-            try:
-                return float(value)
-            except ValueError:
-                pass
+            with contextlib.suppress(ValueError):
+                number = float(value)
+        if number is not None:
+            if not math.isfinite(number):  # NaN passes every comparison; no setting means inf
+                raise ConfigError(f"{source}: '{key}' must be finite, got {value!r}")
+            return number
     elif tp is str:
         if isinstance(value, str):
             return value
@@ -223,6 +243,18 @@ def _build(cls: type, data: Any, prefix: str, source: str, base: Any = None):
         else:
             setattr(obj, key, _coerce(value, tp, dotted, source))
     return obj
+
+
+def build_section(cls: type, data: Mapping | None, prefix: str, source: str):
+    """One section (a dataclass of this module) from a mapping merged onto its defaults,
+    validated as part of a default run config: the same checks as a params file."""
+    section = _build(cls, data, prefix, source)
+    run = RunConfig()
+    for f in dataclasses.fields(RunConfig):
+        if f.name == prefix:
+            setattr(run, prefix, section)
+    validate_run(run, source)
+    return section
 
 
 def _check_positive(source: str, key: str, value, allow_zero: bool = False) -> None:
@@ -258,8 +290,6 @@ def validate_run(cfg: RunConfig, source: str) -> RunConfig:
         _check_positive(source, f"train.{key}", getattr(tr, key))
     for key in ("weight_decay", "warmup_steps", "early_stop_delay", "seed", "init_perturbation", "perturbation_seed"):
         _check_positive(source, f"train.{key}", getattr(tr, key), allow_zero=True)
-    if not math.isfinite(tr.init_perturbation):
-        raise ConfigError(f"{source}: 'train.init_perturbation' must be finite, got {tr.init_perturbation}")
     for key in ("beta1", "beta2"):
         if not 0.0 <= getattr(tr, key) < 1.0:
             raise ConfigError(f"{source}: 'train.{key}' must lie in [0, 1), got {getattr(tr, key)}")
@@ -271,13 +301,22 @@ def validate_run(cfg: RunConfig, source: str) -> RunConfig:
     for key in ("epsilon", "nbeta", "localization", "num_chains", "num_draws", "batch_size", "cores"):
         _check_positive(source, f"llc.{key}", getattr(llc, key), allow_zero=(key == "localization"))
     _check_positive(source, "llc.num_burnin_steps", llc.num_burnin_steps, allow_zero=True)
+    for key, allowed in (("sampler", LLC_SAMPLERS), ("method", LLC_METHODS)):
+        if getattr(llc, key) not in allowed:
+            raise ConfigError(f"{source}: 'llc.{key}' must be one of {', '.join(allowed)}, got {getattr(llc, key)!r}")
     cal = llc.calibration
-    if not cal.epsilons or not cal.nbetas:
-        raise ConfigError(f"{source}: 'llc.calibration' needs at least one epsilon and one nbeta")
-    for i, eps in enumerate(cal.epsilons):
-        _check_positive(source, f"llc.calibration.epsilons[{i}]", eps)
-    for i, nb in enumerate(cal.nbetas):
-        _check_positive(source, f"llc.calibration.nbetas[{i}]", nb)
+    _check_positive(source, "llc.curvature_probes", llc.curvature_probes)
+    _check_positive(source, "llc.calibration.max_burnin_steps", cal.max_burnin_steps, allow_zero=True)
+    if not cal.localizations:
+        raise ConfigError(f"{source}: 'llc.calibration.localizations' needs at least one value")
+    for key in ("localizations", "step_fractions", "epsilons", "nbetas"):
+        values = getattr(cal, key)
+        if values is not None and not values and key != "localizations":
+            raise ConfigError(f"{source}: 'llc.calibration.{key}' needs at least one value (or leave it out)")
+        for i, value in enumerate(values or []):
+            _check_positive(source, f"llc.calibration.{key}[{i}]", value, allow_zero=(key == "localizations"))
+    if cal.checkpoints not in ("final", "final+peak"):
+        raise ConfigError(f"{source}: 'llc.calibration.checkpoints' must be 'final' or 'final+peak', got {cal.checkpoints!r}")
     _check_positive(source, "llc.calibration.num_draws", cal.num_draws)
     if len(cal.mala_band) != 2 or not 0 <= cal.mala_band[0] < cal.mala_band[1] <= 1:
         raise ConfigError(f"{source}: 'llc.calibration.mala_band' must be [low, high] with 0 <= low < high <= 1")
@@ -329,6 +368,18 @@ def parse_set_option(text: str, source: str = "--set") -> tuple[str, Any]:
     return key.strip(), value
 
 
+def parse_overrides(texts: Any, source: str = "--set") -> dict:
+    """``["model.d_model=48", "train.num_steps=60"]`` (or one such string) -> ``{dotted: value}``,
+    each parsed as :func:`parse_set_option` parses ``--set``."""
+    if isinstance(texts, str):
+        texts = [texts]
+    if not isinstance(texts, (list, tuple)):
+        raise ConfigError(f"{source}: expected a list of 'dotted.key=value' strings, got {texts!r}")
+    if not all(isinstance(t, str) for t in texts):
+        raise ConfigError(f"{source}: every override is a 'dotted.key=value' string, got {list(texts)!r}")
+    return dict(parse_set_option(t, source) for t in texts)
+
+
 # --------------------------------------------------------------------------- loading
 
 
@@ -357,13 +408,27 @@ def params_from_sections(
         raise ConfigError(f"{source}: 'grid.seeds' is empty: the grid has no configs")
     for i, s in enumerate(grid_cfg.seeds or []):
         _check_positive(source, f"grid.seeds[{i}]", s, allow_zero=True)
-    params = Params(base=base, grid=grid_cfg, source=source)
+    explicit = frozenset().union(*(_leaf_keys(type(getattr(base, n)), data, n) for n, data in
+                                    (("task", task), ("model", model), ("train", train), ("llc", llc))))
+    params = Params(base=base, grid=grid_cfg, source=source, explicit=explicit)
     expand(params)  # validates every config of the study, so a bad cell fails at load time
     return params
 
 
-def load_params(path: str | Path) -> Params:
-    """Read and validate a params YAML file. Errors name the file and the key."""
+def _leaf_keys(cls: type, data: Any, prefix: str) -> set:
+    """The dotted keys that the (already validated) mapping ``data`` sets under ``cls``."""
+    keys = set()
+    hints = typing.get_type_hints(cls)
+    for key, value in (data or {}).items():
+        dotted = f"{prefix}.{key}"
+        tp = hints[key]
+        keys |= _leaf_keys(tp, value, dotted) if dataclasses.is_dataclass(tp) and isinstance(value, Mapping) else {dotted}
+    return keys
+
+
+def read_sections(path: str | Path) -> dict:
+    """The sections of a params YAML file as written (``{section: mapping or None}``),
+    before any merging. Errors name the file."""
     path = Path(path)
     source = str(path)
     if not path.is_file():
@@ -376,23 +441,31 @@ def load_params(path: str | Path) -> Params:
         raise ConfigError(f"{source}: not valid YAML{where}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{source}: not a text YAML file") from None
-    if data is None:
-        data = {}
+    if not data:  # an empty (or all-comment) file is a truncated or wrong file, not "all defaults"
+        raise ConfigError(f"{source}: the params file is empty; expected sections {', '.join(SECTIONS)}")
     if not isinstance(data, Mapping):
         raise ConfigError(f"{source}: expected a mapping with sections {', '.join(SECTIONS)}")
     unknown = [k for k in data if k not in SECTIONS]
     if unknown:
         raise ConfigError(f"{source}: unknown key '{unknown[0]}' (known sections: {', '.join(SECTIONS)})")
-    return params_from_sections(**{k: data.get(k) for k in SECTIONS}, source=source)
+    return {k: data.get(k) for k in SECTIONS}
+
+
+def load_params(path: str | Path) -> Params:
+    """Read and validate a params YAML file. Errors name the file and the key."""
+    return params_from_sections(**read_sections(path), source=str(path))
 
 
 def resolve_run(params: Params, overrides: Mapping[str, Any] | None = None, seed: int | None = None) -> RunConfig:
-    """One run from a params file: the first value of each axis, the first seed,
-    then ``overrides`` (dotted keys) and ``seed`` on top."""
+    """One run from a params file: the sections as written; for a key they leave out, the
+    first value of its grid axis (``train.seed``: the first of ``grid.seeds``); then
+    ``overrides`` (dotted keys) and ``seed`` on top. The sections name the single run, the
+    grid spans the study around it, so a preset's single run is the config it documents."""
     cfg = copy.deepcopy(params.base)
     for dotted, values in params.grid.axes.items():
-        set_dotted(cfg, dotted, values[0], params.source)
-    if params.grid.seeds:
+        if dotted not in params.explicit:
+            set_dotted(cfg, dotted, values[0], params.source)
+    if params.grid.seeds and "train.seed" not in params.explicit:
         cfg.train.seed = params.grid.seeds[0]
     for dotted, value in (overrides or {}).items():
         set_dotted(cfg, dotted, value, params.source)

@@ -21,7 +21,8 @@ the seeds one after another (``vectorize=None``; see docs/performance.md).
 
 With ``run_dirs`` (one per seed) each seed gets a complete run directory, with the files
 ``train()`` writes at the same steps (config, checkpoints, metrics, ``state.pt``,
-``summary.json`` last). An ensemble does not resume itself: an interrupted seed can be
+``summary.json`` last). An ensemble does not resume itself: it replaces what a directory of
+the same config holds, refuses one of another config, and an interrupted seed can be
 finished by ``train(cfg, run_dir)``, which resumes from the ``state.pt`` written here.
 """
 
@@ -240,7 +241,8 @@ def train_ensemble(
     dirs = [Path(d) for d in run_dirs] if run_dirs is not None else None
     if dirs is not None:
         for d, mc, m in zip(dirs, member_cfgs, models):
-            d.mkdir(parents=True, exist_ok=True)
+            runs.prepare_run_dir(d, runs.training_identity(mc))  # another config there is refused
+            runs.replace_run_dir(d)  # an ensemble starts at step 0: nothing of an earlier try stays
             runs.write_config(d, mc)
             runs.save_checkpoint(runs.checkpoint_path(d, 0), m, 0, mc)
 

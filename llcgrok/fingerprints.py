@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -137,12 +137,14 @@ def study_configs(
     axis: str = "train.weight_decay",
     values: Sequence[Any] | None = None,
     seeds: Sequence[int] | None = None,
+    overrides: Mapping[str, Any] | None = None,
 ) -> list[tuple[str, RunConfig]]:
     """``[(run_id, config), ...]``: one config per value of ``axis`` and seed.
 
     ``values`` defaults to the params grid's values of ``axis`` (else the base config's
     value), ``seeds`` to the grid's seeds (else ``train.seed``); other grid axes take their
-    first value. Run ids name the axis, e.g. ``x_plus_y-L1-d64-h4-weight_decay1.0-s0``, as a
+    first value where the sections leave them out (as one run does); ``overrides`` (dotted
+    keys) are applied last, to every config. Run ids name the axis, e.g. ``x_plus_y-L1-d64-h4-weight_decay1.0-s0``, as a
     sweep over the same grid names them, so a sweep's ``runs/`` is reused.
     """
     from .config import get_dotted, resolve_run
@@ -157,6 +159,8 @@ def study_configs(
         for seed in seeds:
             cfg = resolve_run(params, seed=int(seed))
             set_dotted(cfg, axis, value, params.source)
+            for key, override in (overrides or {}).items():
+                set_dotted(cfg, key, override, "overrides")
             validate_run(cfg, params.source)
             if not cfg.train.fingerprint_every:
                 raise ConfigError(f"{params.source}: 'train.fingerprint_every' must be set to record fingerprints")
@@ -202,7 +206,7 @@ def study_llc(run_dirs: Iterable[str | Path], llc_cfg, keys: Iterable[str] = ("t
               quiet: bool = False) -> pd.DataFrame:
     """The LLC trajectory of every run (``llcgrok.llc.run_trajectory``: calibrated when
     ``llc_cfg.calibrate``, resumed from each ``llc.csv``), in one labelled table."""
-    from .llc import run_trajectory
+    from .trajectory import run_trajectory
 
     keys = list(keys)
     frames = [run_trajectory(d, llc_cfg, quiet=quiet).assign(**run_info(d, keys)) for d in run_dirs]

@@ -36,15 +36,16 @@ Diagnostics (``LLCEstimate.diagnostics``, and columns of ``llc.csv``):
                      not a local minimum at this temperature, or the minibatch noise
                      dwarfs the loss increase the estimate measures.
 ``num_diverged``     chains left out (``diverged_chains``, ``failure_reasons`` say which, why).
-``trace_drift``      relative change of the LLC trace over the last half of the draws
-                     (slope of the chain-averaged per-draw LLC times the number of draws
-                     in that half, over |llc|), with ``trace_drift_se`` its standard error
-                     (from block means). ``converged``: ``|trace_drift| <= CONVERGENCE_TOL``,
-                     or no more than twice its standard error (a noisy, trendless trace).
-``r_hat``            split Gelman-Rubin statistic of the loss over the last half of the
-                     draws (near 1: chains agree; > 1.1: they do not).
+``trace_drift``      relative change of the LLC trace over the post-burn-in window, the same
+                     draws the estimate averages (slope of the chain-averaged per-draw LLC
+                     times the number of draws, over |llc|), with ``trace_drift_se`` its
+                     standard error (from block means). ``converged``: ``|trace_drift| <=
+                     CONVERGENCE_TOL``, or no more than twice its standard error.
+``r_hat``            split Gelman-Rubin statistic of the loss over the same window (near 1:
+                     chains agree; above R_HAT_MAX, 1.1, they do not, and the estimate is
+                     not healthy).
 ``loss_excess``      mean draw loss minus L_n(w*), in loss units (= llc / nbeta).
-``escaped``          (cross-entropy, w* better than chance) the draws' mean loss has climbed
+``escaped``          (cross-entropy, w* better than chance) some chain's own mean loss climbed
                      more than ESCAPE_FRACTION (a fifth) of the way from L_n(w*) to chance,
                      log(classes): the chain has left the basin of w*. (Measured on the quick
                      preset: chains that stay in the basin add 0.01-0.2 nats, chains that
@@ -53,7 +54,9 @@ Diagnostics (``LLCEstimate.diagnostics``, and columns of ``llc.csv``):
                      directions throws the chain to near-chance loss within a few draws,
                      and the "LLC" is then about n*beta * (chance - L_n(w*)), a function
                      of the train loss, not of the geometry.
-``healthy``          no chain left out, llc > 0, converged, not escaped. (A high
+``escaped_chains``   which chains did (judged per chain, so that a mean over the others
+                     never hides one).
+``healthy``          no chain left out, llc > 0, converged, chains agree, none escaped. (A high
                      ``frac_below_init`` alone does not bias the mean, so it is not part of
                      this flag; calibration, which picks settings, does reject it.)
 """
@@ -69,7 +72,6 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from multiprocessing import get_context
-from pathlib import Path
 from typing import Any, Callable, Sequence, Union
 
 import numpy as np
@@ -79,16 +81,16 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 from tqdm.auto import tqdm
 
-from . import _devinterp
+from . import _devinterp, sgld_batched
+from .config import LLC_METHODS, LLC_SAMPLERS
 from .device import resolve_device
 
 LossSpec = Union[str, Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]]
 DataSpec = Union[tuple, Dataset]
 
 CONVERGENCE_TOL = 0.2  # |trace_drift| above this: the trace is still rising or falling
-MAX_FRAC_BELOW = 0.2  # calibration rejects more draws below L_n(w*) than this: noise swamps the signal
 ESCAPE_FRACTION = 0.2  # draws' mean loss this far from L_n(w*) towards chance: left the basin
-LLC_CSV = "llc.csv"
+R_HAT_MAX = 1.1  # split R-hat above this: the chains disagree (Gelman et al.'s classic threshold)
 # Sampler settings written beside every estimate; a resumed trajectory must match them.
 SETTING_COLUMNS = ("epsilon", "nbeta", "localization", "num_chains", "num_draws", "num_burnin_steps", "batch_size", "seed")
 
@@ -327,6 +329,16 @@ def _trend(values: np.ndarray, mean: float) -> tuple[float, float, float]:
     return slope, drift, slope_se * n / scale
 
 
+def _escaped_chains(good: np.ndarray, ok: list, init_loss: float, chance: float) -> list[int]:
+    """Chains whose own mean loss climbed more than ESCAPE_FRACTION of the way from L_n(w*)
+    to chance. Judged per chain: one chain thrown out of the basin must not hide in a mean
+    over the others. Only meaningful where w* beats chance (an untrained network starts there)."""
+    if not (np.isfinite(chance) and init_loss < chance):
+        return []
+    threshold = ESCAPE_FRACTION * (chance - init_loss)
+    return [c for c, row in zip(ok, good) if row.mean() - init_loss > threshold]
+
+
 def summarize_chains(
     loss_trace: np.ndarray,
     init_loss: float,
@@ -377,9 +389,10 @@ def summarize_chains(
     good = loss_trace[ok]
     mean = float(per_chain[ok].mean())
     std = float(per_chain[ok].std(ddof=1)) if len(ok) > 1 else float("nan")
+    # One window for everything: the draws recorded after burn-in give the estimate, and
+    # the same draws are tested for drift and for agreement between chains.
     llc_per_draw = nbeta * (good.mean(axis=0) - init_loss)
-    start = draws // 2
-    slope, drift, drift_se = _trend(llc_per_draw[start:], mean)
+    slope, drift, drift_se = _trend(llc_per_draw, mean)
     # Flat: the drift is small, or no larger than twice its own noise (a noisy but
     # trendless trace, e.g. a small LLC whose per-draw values scatter by more than 20 %).
     converged = bool(np.isfinite(drift) and (abs(drift) <= convergence_tol or abs(drift) <= 2 * drift_se))
@@ -390,17 +403,20 @@ def summarize_chains(
             mala = float(np.nanmean(values))
     mean_loss = float(good.mean())
     chance = float("nan") if chance_loss is None else float(chance_loss)
-    # Only meaningful where w* beats chance: an untrained network starts at chance level.
-    escaped = bool(np.isfinite(chance) and init_loss < chance and mean_loss - init_loss > ESCAPE_FRACTION * (chance - init_loss))
+    escaped_chains = _escaped_chains(good, ok, init_loss, chance)
+    r_hat = _split_r_hat(good)
+    agree = not (np.isfinite(r_hat) and r_hat > R_HAT_MAX)
     notes = []
     if failed:
-        notes.append(f"{len(failed)} of {chains} chains left out")
+        notes.append(f"{len(failed)} of {chains} chains left out: the mean is over the rest")
     if mean < 0:
         notes.append("negative LLC: w* is not a local minimum at this temperature")
     if not converged:
-        notes.append(f"trace not flat over its last half (drift {drift:+.2f})")
-    if escaped:
-        notes.append(f"mean draw loss {mean_loss:.3g} climbed more than {ESCAPE_FRACTION:.0%} of the way to chance ({chance:.3g}): the chain left the basin")
+        notes.append(f"trace not flat over the post-burn-in window (drift {drift:+.2f})")
+    if not agree:
+        notes.append(f"chains disagree (split R-hat {r_hat:.2f} > {R_HAT_MAX})")
+    if escaped_chains:
+        notes.append(f"chain(s) {escaped_chains} climbed more than {ESCAPE_FRACTION:.0%} of the way from L_n(w*) to chance ({chance:.3g}): they left the basin")
     diag.update(
         mala_acceptance=mala,
         frac_below_init=float((good < init_loss).mean()),
@@ -408,12 +424,13 @@ def summarize_chains(
         trace_drift=float(drift),
         trace_drift_se=float(drift_se),
         converged=converged,
-        r_hat=_split_r_hat(good[:, start:]),
+        r_hat=r_hat,
         loss_excess=mean_loss - init_loss,
         chance_loss=chance,
-        escaped=escaped,
+        escaped=bool(escaped_chains),
+        escaped_chains=escaped_chains,
         negative=bool(mean < 0),
-        healthy=bool(not failed and mean > 0 and converged and not escaped),
+        healthy=bool(not failed and mean > 0 and converged and agree and not escaped_chains),
         warnings=notes,
     )
     return mean, std, per_chain, diag
@@ -423,6 +440,27 @@ def summarize_chains(
 
 _pool: ProcessPoolExecutor | None = None
 _pool_size = 0
+
+
+def _main_unimportable() -> str | None:
+    """The main module's path when a spawned worker could not re-run it, else None.
+
+    spawn re-runs ``__main__.__file__`` in every worker process (the rule below mirrors
+    multiprocessing.spawn.get_preparation_data); a script read from standard input
+    (``python - <<EOF``) has ``'<stdin>'`` there, and every worker would die on it.
+    """
+    import multiprocessing.process
+    import sys
+
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if getattr(getattr(main, "__spec__", None), "name", None) or path is None:
+        return None  # python -m (re-imported by name); python -c, a REPL, Jupyter (nothing to re-run)
+    if os.path.splitext(os.path.basename(path))[0] == "ipython":
+        return None
+    if not os.path.isabs(path) and multiprocessing.process.ORIGINAL_DIR is not None:
+        path = os.path.join(multiprocessing.process.ORIGINAL_DIR, path)
+    return None if os.path.isfile(path) else getattr(main, "__file__")
 
 
 def _get_pool(cores: int) -> ProcessPoolExecutor:
@@ -452,6 +490,13 @@ def effective_cores(cores: int, num_chains: int, device: torch.device) -> int:
 
 
 def _run_chains(model, data, evaluate, specs, cores: int, quiet: bool) -> list:
+    main = _main_unimportable() if cores > 1 else None
+    if main is not None:
+        warnings.warn(f"cores={cores}: chain worker processes cannot re-run the main module {main!r} (a script read "
+                      "from standard input?), so the chains run in this process; save the script to a file, with "
+                      "its entry point under if __name__ == '__main__':, to use several processes", RuntimeWarning,
+                      stacklevel=3)
+        cores = 1
     bar = tqdm(total=len(specs), desc="chains", unit="chain", disable=quiet, leave=False)
     try:
         if cores == 1:
@@ -474,6 +519,35 @@ def _run_chains(model, data, evaluate, specs, cores: int, quiet: bool) -> list:
             raise LLCError("a chain worker process died (out of memory?); try cores=1") from None
     finally:
         bar.close()
+
+
+def choose_sampler(sampler: str, device: torch.device, cores: int, num_params: int) -> str:
+    """The path ``sampler="auto"`` takes (an explicit "batched" or "devinterp" is kept).
+
+    Batched wherever it was measured (docs/performance.md, "Batched SGLD"): AUTO_NOTE."""
+    if sampler != "auto":
+        return sampler
+    return "batched"
+
+
+_fallbacks_warned: set = set()
+
+
+def _sample(work, dataset, evaluate, specs, cores: int, quiet: bool, path: str, requested: str) -> tuple[list, str]:
+    """The chains' results on ``path``, and the path that produced them: a model the
+    batched sampler refuses runs on devinterp's loop (warned once per reason), unless
+    "batched" was asked for explicitly."""
+    if path == "batched":
+        try:
+            return sgld_batched.sample_chains(work, dataset, evaluate, specs), "batched"
+        except sgld_batched.BatchingUnsupported as exc:
+            if requested == "batched":
+                raise LLCError(f"sampler='batched' cannot run this model: {exc}; use sampler='auto' or 'devinterp'") from exc
+            if str(exc) not in _fallbacks_warned:
+                _fallbacks_warned.add(str(exc))
+                warnings.warn(f"the batched SGLD sampler cannot run this model ({exc}); using devinterp's loop",
+                              RuntimeWarning, stacklevel=4)
+    return _run_chains(work, dataset, evaluate, specs, cores, quiet), "devinterp"
 
 
 def chain_seeds(seed: int, num_chains: int) -> list[int]:
@@ -505,6 +579,9 @@ def estimate_llc(
     seed: int = 0,
     device: str = "auto",
     cores: int = 1,
+    chance_loss: float | None = None,
+    sampler: str = "auto",
+    method: str = "sgld",
     quiet: bool = True,
 ) -> LLCEstimate:
     """Estimate the local learning coefficient of ``model`` at its current weights.
@@ -515,7 +592,14 @@ def estimate_llc(
     ``nbeta``: inverse temperature n*beta; None means n / log n for the n examples of
     ``data`` (not devinterp's batch-size default). ``epsilon``: SGLD step size.
     ``localization``: strength gamma of the pull towards w*. ``cores``: chain processes
-    on a CPU. Same arguments and seed give the same numbers on the same device.
+    on a CPU. ``chance_loss``: the loss of a model that knows nothing, for the escape
+    test (None: log(classes) for cross-entropy, no test otherwise). ``sampler``: "batched"
+    (all chains as one computation, :mod:`llcgrok.sgld_batched`), "devinterp" (devinterp's
+    loop, chain by chain; ``cores`` processes on a CPU) or "auto" (:func:`choose_sampler`;
+    falls back to devinterp's loop, with a warning, for a model that cannot be batched).
+    ``method``: "sgld" or "rmsprop_sgld" (devinterp's RMSProp-preconditioned SGLD). The
+    path used is ``diagnostics["sampler"]``. Same arguments and seed give the same numbers
+    on the same device and path.
 
     Raises :class:`AllChainsFailed` when no chain survives (lower epsilon or nbeta).
     """
@@ -528,6 +612,10 @@ def estimate_llc(
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if not isinstance(num_burnin_steps, (int, np.integer)) or num_burnin_steps < 0:
         raise ValueError(f"num_burnin_steps must be a non-negative integer, got {num_burnin_steps!r}")
+    if sampler not in LLC_SAMPLERS:
+        raise ValueError(f"sampler must be one of {', '.join(LLC_SAMPLERS)}, got {sampler!r}")
+    if method not in LLC_METHODS:
+        raise ValueError(f"method must be one of {', '.join(LLC_METHODS)}, got {method!r}")
     evaluate = make_evaluate(loss)
     dataset = as_dataset(data)
     n = len(dataset)
@@ -544,7 +632,7 @@ def estimate_llc(
     init_loss, classes = full_loss(work, dataset, evaluate, dev)
     if not math.isfinite(init_loss):
         raise LLCError(f"the loss at w* is {init_loss}: the model or data is broken, not the sampler")
-    chance = math.log(classes) if classes and classes > 1 else None
+    chance = chance_loss if chance_loss is not None else (math.log(classes) if classes and classes > 1 else None)
 
     cores_used = effective_cores(cores, num_chains, dev)
     if cores_used > 1:
@@ -552,16 +640,17 @@ def estimate_llc(
     specs = [
         _devinterp.ChainSpec(
             epsilon=float(epsilon), nbeta=nbeta, localization=float(localization), num_draws=int(num_draws),
-            num_burnin_steps=int(num_burnin_steps), batch_size=int(batch_size), seed=s, device=str(dev),
+            num_burnin_steps=int(num_burnin_steps), batch_size=int(batch_size), seed=s, device=str(dev), method=method,
         )
         for s in chain_seeds(seed, num_chains)
     ]
-    results = _run_chains(work, dataset, evaluate, specs, cores_used, quiet)
+    results, used = _sample(work, dataset, evaluate, specs, cores_used, quiet, choose_sampler(sampler, dev, cores_used, num_params), sampler)
     loss_trace = np.stack([r.losses for r in results])
     mala_trace = np.stack([r.mala for r in results])
     mean, std, per_chain, diag = summarize_chains(
         loss_trace, init_loss, nbeta, num_params, mala_trace=mala_trace, chance_loss=chance
     )
+    diag.update(sampler=used, method=method)  # columns of llc.csv: the path that ran, and the update
     estimate = LLCEstimate(
         mean=mean, std=std, per_chain=per_chain, loss_trace=loss_trace, init_loss=init_loss, nbeta=nbeta,
         epsilon=float(epsilon), localization=float(localization), num_chains=int(num_chains),
@@ -583,177 +672,3 @@ def _to_cpu(dataset: Dataset) -> Dataset:
     if isinstance(dataset, TensorDataset) and any(t.device.type != "cpu" for t in dataset.tensors):
         return TensorDataset(*(t.cpu() for t in dataset.tensors))
     return dataset
-
-
-# --------------------------------------------------------------------------- trajectories
-
-
-def settings_from_config(llc_cfg, num_data: int) -> dict:
-    """Sampler settings of an :class:`~llcgrok.config.LLCConfig`, nbeta resolved."""
-    return {
-        "epsilon": float(llc_cfg.epsilon),
-        "nbeta": default_nbeta(num_data) if llc_cfg.nbeta is None else float(llc_cfg.nbeta),
-        "localization": float(llc_cfg.localization),
-        "num_chains": int(llc_cfg.num_chains),
-        "num_draws": int(llc_cfg.num_draws),
-        "num_burnin_steps": int(llc_cfg.num_burnin_steps),
-        "batch_size": int(llc_cfg.batch_size),
-        "seed": int(llc_cfg.seed),
-    }
-
-
-def _same_settings(row: pd.Series, settings: dict) -> bool:
-    for key, value in settings.items():
-        if key not in row or pd.isna(row[key]) or not math.isclose(float(row[key]), float(value), rel_tol=1e-9):
-            return False
-    return True
-
-
-def _describe(settings: dict) -> str:
-    return ", ".join(f"{k}={settings[k]:g}" if isinstance(settings[k], float) else f"{k}={settings[k]}" for k in SETTING_COLUMNS)
-
-
-def apply_calibration(calibration, settings: dict, run_dir, *, strict: bool, widen_hint: str) -> tuple[dict, str, bool]:
-    """The settings a trajectory runs with after ``calibration``: its recommendation, or,
-    when it recommends nothing, ``settings`` unchanged with a loud warning and a
-    ``settings_source`` starting with ``UNCALIBRATED`` (``strict`` raises
-    :class:`~llcgrok.calibrate.NoRecommendation` instead). Returns (settings, source, calibrated)."""
-    from .calibrate import NoRecommendation
-
-    if calibration.recommended is None:
-        if strict:
-            raise NoRecommendation(f"{run_dir}: calibration found no healthy epsilon/nbeta ({calibration.reason}). {widen_hint}")
-        warnings.warn(
-            f"{run_dir}: calibration found no healthy epsilon/nbeta ({calibration.reason}). Estimating with "
-            f"the given settings ({_describe(settings)}); every row of llc.csv says UNCALIBRATED in settings_source. "
-            f"Treat these numbers with care. {widen_hint}",
-            stacklevel=3,
-        )
-        return settings, f"UNCALIBRATED: calibration at step {calibration.step} recommended nothing; given epsilon/nbeta used", False
-    recommended = calibration.recommended
-    settings = {**settings, "epsilon": float(recommended["epsilon"]), "nbeta": float(recommended["nbeta"]),
-                "localization": float(recommended.get("localization", settings["localization"]))}
-    return settings, f"calibrated at step {calibration.step}", True
-
-
-def rows_done(path: Path, settings: dict) -> list[dict]:
-    """The rows of an existing trajectory file, to resume from; an error if any was made
-    with other sampler settings (a trajectory mixes no settings)."""
-    if not path.exists():
-        return []
-    done = pd.read_csv(path)
-    mismatched = [int(r.step) for _, r in done.iterrows() if not _same_settings(r, settings)]
-    if mismatched:
-        first = done.iloc[0]
-        recorded = {k: first[k] for k in SETTING_COLUMNS if k in first}
-        raise LLCError(
-            f"{path} holds estimates made with other sampler settings ({_describe_any(recorded)}) than "
-            f"now ({_describe(settings)}); move it away to start a new trajectory"
-        )
-    return done.to_dict("records")
-
-
-def failed_row(exc: AllChainsFailed, settings: dict) -> dict:
-    """The trajectory row of a checkpoint where every chain failed: NaN LLC, the reasons."""
-    return {
-        "llc_mean": float("nan"), "llc_std": float("nan"), "healthy": False,
-        "num_diverged": settings["num_chains"], "failure_reasons": "; ".join(exc.reasons),
-        "warnings": "every chain failed", **settings,
-    }
-
-
-def trajectory_columns() -> list[str]:
-    return [
-        "step", "llc_mean", "llc_std", "healthy", "mala_acceptance", "frac_below_init", "num_diverged",
-        "diverged_chains", "trace_drift", "trace_drift_se", "trace_slope", "converged", "r_hat", "loss_excess", "escaped",
-        "negative", "init_loss", "failure_reasons", "warnings", *SETTING_COLUMNS, "settings_source",
-        "train_loss", "train_acc", "val_loss", "val_acc", "num_params", "seconds",
-    ]
-
-
-def run_trajectory(run_dir, llc_cfg, *, calibrate: bool | None = None, quiet: bool = False, strict: bool = False) -> pd.DataFrame:
-    """Estimate the LLC of every checkpoint of a run; write and return ``RUN_DIR/llc.csv``.
-
-    One row per checkpoint: the LLC, its diagnostics, the sampler settings used, and
-    train/val loss and accuracy of that checkpoint on the full train/val sets. Rows are
-    appended (atomically) as each checkpoint finishes; a rerun skips the steps already in
-    the file, so an interrupted trajectory loses at most one checkpoint.
-
-    ``calibrate`` (None: ``llc_cfg.calibrate``): first calibrate epsilon and nbeta on the
-    final checkpoint (reusing ``calibration.csv``/``.json`` when they match) and use the
-    recommendation for every checkpoint. When calibration recommends nothing, the
-    configured ``llc_cfg.epsilon``/``nbeta`` are used with a loud warning, and every row's
-    ``settings_source`` starts with ``UNCALIBRATED`` (so a sweep still yields a flagged
-    curve); ``strict=True`` raises :class:`~llcgrok.calibrate.NoRecommendation` instead.
-    A checkpoint where every chain fails gets a row with NaN LLC and the reasons.
-    """
-    from . import runs
-    from .tasks import make_task
-    from .train import evaluate as evaluate_acc
-
-    run_dir = Path(run_dir)
-    cfg = runs.read_config(run_dir)
-    checkpoints = runs.list_checkpoints(run_dir)
-    if not checkpoints:
-        raise FileNotFoundError(f"{run_dir}: no checkpoints; train the run first (llcgrok train)")
-    calibrate = llc_cfg.calibrate if calibrate is None else calibrate
-    task = make_task(cfg.task, seed=cfg.train.seed)
-    settings = settings_from_config(llc_cfg, len(task.train_targets))
-    source = "config"
-    if calibrate:
-        from .calibrate import calibrate_run
-
-        if not runs.is_trained(run_dir):
-            raise LLCError(f"{run_dir}: training has not finished; calibration needs the final checkpoint")
-        calibration = calibrate_run(run_dir, llc_cfg, quiet=quiet)
-        settings, source, _ = apply_calibration(
-            calibration, settings, run_dir, strict=strict,
-            widen_hint="Widen llc.calibration.epsilons/nbetas, or run uncalibrated with --no-calibrate.")
-
-    path = run_dir / LLC_CSV
-    columns = trajectory_columns()
-    rows = rows_done(path, settings)
-    done_steps = {int(r["step"]) for r in rows}
-    todo = [(step, p) for step, p in checkpoints if step not in done_steps]
-    device = resolve_device(llc_cfg.device)
-    data = task.to(device)
-    bar = tqdm(todo, desc=f"LLC {run_dir.name}", unit="ckpt", disable=quiet)
-    for step, ckpt in bar:
-        model, _ = runs.load_checkpoint(ckpt, device)
-        t0 = time.perf_counter()
-        try:
-            est = estimate_llc(
-                model, (data.train_inputs, data.train_targets), loss="ce", **settings,
-                device=str(device), cores=llc_cfg.cores, quiet=True,
-            )
-            row = est.to_row()
-        except AllChainsFailed as exc:
-            row = failed_row(exc, settings)
-        row["seconds"] = time.perf_counter() - t0
-        train_loss, train_acc = evaluate_acc(model, data.train_inputs, data.train_targets)
-        val_loss, val_acc = evaluate_acc(model, data.val_inputs, data.val_targets)
-        row.update(step=step, settings_source=source, train_loss=train_loss, train_acc=train_acc, val_loss=val_loss, val_acc=val_acc)
-        row["num_params"] = sum(p.numel() for p in model.parameters())
-        rows.append(row)
-        runs.atomic_write_csv(path, trajectory_frame(rows, columns))
-        bar.set_postfix(step=step, llc=f"{row['llc_mean']:.3g}", refresh=False)
-    bar.close()
-    frame = trajectory_frame(rows, columns)
-    if not todo and not path.exists():
-        runs.atomic_write_csv(path, frame)
-    return frame
-
-
-def _describe_any(values: dict) -> str:
-    return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
-
-
-def trajectory_frame(rows: list[dict], columns: list[str]) -> pd.DataFrame:
-    """Trajectory rows as a table: ``columns`` first (NaN where a row lacks one), then any
-    others, sorted by step."""
-    frame = pd.DataFrame(rows)
-    for column in columns:
-        if column not in frame:
-            frame[column] = np.nan
-    extra = [c for c in frame.columns if c not in columns]
-    return frame[columns + extra].sort_values("step", kind="stable").reset_index(drop=True)

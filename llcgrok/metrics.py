@@ -93,3 +93,37 @@ def aggregate_over_seeds(
             row[f"{col}_n"] = int(len(values))
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- flagged LLC estimates
+
+FLAG_UNHEALTHY = "unhealthy"
+FLAG_CURVATURE = "curvature"
+
+
+def as_bool(values: pd.Series) -> pd.Series:
+    """A boolean column as read back from CSV (bools, or strings where NaN made it object);
+    missing counts as False."""
+    if values.dtype == bool:
+        return values
+    return values.map(lambda v: str(v).strip().lower() in ("true", "1", "1.0"))
+
+
+def estimate_flags(trajectory: pd.DataFrame) -> pd.Series:
+    """Why each LLC estimate of a trajectory table (``llc.csv``) is not taken at face value:
+    ``"unhealthy"`` where ``healthy`` is false or missing (a diagnostic failed, or every chain
+    did: see :mod:`llcgrok.llc`), else ``"curvature"`` where a ``regime`` column says
+    curvature (the localization dominates: the number is n*beta*tr(H)/(2 gamma), not an LLC),
+    else ``""``. Without a ``healthy`` column no estimate is unhealthy."""
+    flags = pd.Series("", index=trajectory.index, dtype=object)
+    if "regime" in trajectory:
+        flags[trajectory["regime"].astype(str).str.strip().str.lower() == FLAG_CURVATURE] = FLAG_CURVATURE
+    if "healthy" in trajectory:
+        flags[~as_bool(trajectory["healthy"])] = FLAG_UNHEALTHY
+    return flags
+
+
+def flags_of(trajectory: pd.DataFrame) -> pd.Series:
+    """The table's ``flag`` column (``llcgrok.report.load_trajectories`` adds one), or
+    :func:`estimate_flags` of it."""
+    return trajectory["flag"].fillna("").astype(str) if "flag" in trajectory else estimate_flags(trajectory)

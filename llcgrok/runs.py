@@ -8,40 +8,52 @@ Layout of one run directory::
     checkpoints/      step_000100.pt ... (model weights + what rebuilds the model)
     state.pt          optimizer / RNG state of the last checkpoint, for resume
     llc.csv           LLC per checkpoint (written by ``llcgrok llc``)
+    llc_traces.npz    the SGLD loss and MALA traces behind every row of llc.csv (TRACES_NPZ)
     fingerprints.csv, fingerprint_probes.json   with train.fingerprint_every (llcgrok.fingerprints)
     dmd_eigenvalues.csv                         DMD spectrum of the fingerprints (llcgrok.dmd)
 
 Every file is written to a temporary name beside its target and renamed, so a file is
-either whole or absent, whatever kills the process.
+either whole or absent, whatever kills the process. A directory holds one training config
+(:func:`prepare_run_dir`): another is refused, or replaces the old run whole.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
-import fcntl
 import io
 import json
 import os
 import re
+import shutil
 import tempfile
+import uuid
+import zipfile
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 import pandas as pd
 import torch
 import yaml
 
-from .config import ModelConfig, RunConfig, dump_yaml, run_config_from_dict
+from . import filelock
+from .config import ConfigError, ModelConfig, RunConfig, dump_yaml, run_config_from_dict
 from .model import GrokTransformer, build_model
 
 CHECKPOINT_FORMAT = "llcgrok-checkpoint-v1"
 CHECKPOINT_RE = re.compile(r"^step_(\d+)\.pt$")
+TRACES_NPZ = "llc_traces.npz"
+# What each checkpoint's entry in TRACES_NPZ holds: LLCEstimate attributes of the same names.
+TRACE_FIELDS = ("loss_trace", "mala_trace", "init_loss", "nbeta", "epsilon", "localization", "num_burnin_steps")
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint file that cannot be read; the message names the file."""
+
+
+class TracesError(RuntimeError):
+    """A traces file that cannot be read; the message names the file."""
 
 
 class LockedError(RuntimeError):
@@ -68,7 +80,8 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.fchmod(fd, default_file_mode())
+        if hasattr(os, "fchmod"):  # not on Windows before Python 3.13, where mkstemp's mode is moot
+            os.fchmod(fd, default_file_mode())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -203,13 +216,149 @@ def read_summary(run_dir: str | Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def same_training(a: RunConfig, b: RunConfig) -> bool:
-    """Whether two configs train the same weights (their llc sections may differ)."""
-    return (a.task, a.model, a.train) == (b.task, b.model, b.train)
-
-
 def is_trained(run_dir: str | Path) -> bool:
     return (Path(run_dir) / "summary.json").exists()
+
+
+# --------------------------------------------------------------------------- one config per run directory
+# Checkpoints, metrics, llc.csv, calibration, traces and figures of one config are never read
+# as part of another: both trainers (train.py, seqtrain.py) go through prepare_run_dir.
+
+CONFIG_FILES = ("config.yaml", "config.json")  # the main trainer's, the sequence trainer's
+# What only a run leaves (a sweep's work directory also holds its notebooks and kernel.log
+# before training starts: those alone are not a run).
+RUN_MARKERS = ("checkpoints", "state.pt", "metrics.csv", "summary.json", "llc.csv", "calibration.csv", TRACES_NPZ)
+_REPLACED = ".replaced-"
+
+
+class RunDirConflict(ConfigError):
+    """The run directory holds another config (or files of a run without its config)."""
+
+
+def training_identity(cfg: RunConfig) -> dict:
+    """What fixes a run's weights: its task, model and train sections. The llc section is
+    not part of it: every llc.csv row carries the sampler settings that made it."""
+    data = cfg.to_dict()
+    return {name: data[name] for name in ("task", "model", "train")}
+
+
+def _flat(data: Any, prefix: str = "") -> dict:
+    if not isinstance(data, dict):
+        return {prefix: data}
+    out = {}
+    for key, value in data.items():
+        out.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def config_difference(old: dict, new: dict, limit: int = 4) -> str:
+    """``"model.d_model 32 -> 48, train.num_steps 120 -> 80"``: the dotted keys whose values
+    differ (empty when none), at most ``limit`` named."""
+    a, b = _flat(old), _flat(new)
+    keys = sorted(k for k in a.keys() | b.keys() if a.get(k, "<unset>") != b.get(k, "<unset>"))
+    parts = [f"{k} {a.get(k, '<unset>')!r} -> {b.get(k, '<unset>')!r}" for k in keys[:limit]]
+    return ", ".join(parts) + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def prepare_run_dir(run_dir: str | Path, identity: dict, read_identity=lambda d: training_identity(read_config(d)), *,
+                    config_file: str = "config.yaml", force: bool = False) -> bool:
+    """Make ``run_dir`` the directory of the run whose training config is ``identity``.
+
+    True when it already holds that config (the caller resumes or skips it); False when it
+    starts empty. Another config, or run files without ``config_file``, raise
+    :class:`RunDirConflict` (one line naming the keys that differ); ``force`` replaces
+    whatever run the directory holds (:func:`replace_run_dir`). ``read_identity(run_dir)``
+    reads the stored config's identity (the main trainer's by default).
+    """
+    run_dir = Path(run_dir)
+    if force:
+        replace_run_dir(run_dir)
+        return False
+    if (run_dir / config_file).exists():
+        changed = config_difference(read_identity(run_dir), identity)
+        if not changed:
+            return True
+        raise RunDirConflict(f"{run_dir} holds a run of another config ({changed}); "
+                             "train into another directory, or force (--force) to replace it")
+    found = [name for name in (*RUN_MARKERS, *CONFIG_FILES) if (run_dir / name).exists()]
+    if found:
+        raise RunDirConflict(f"{run_dir} holds run files ({', '.join(found)}) but no {config_file}: another kind of "
+                             "run, or a damaged one; train into another directory, or force (--force) to replace it")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return False
+
+
+def replace_run_dir(run_dir: str | Path) -> None:
+    """Leave ``run_dir`` empty, with nothing of the run it held. The old directory is first
+    renamed aside (one atomic step), then deleted: an interruption leaves the whole old run
+    in a hidden sibling, deleted by the next replacement, never a mix of two runs in
+    ``run_dir``. A directory that holds no run is refused, so that a mistyped ``--out``
+    never deletes a folder of other work."""
+    run_dir = Path(run_dir).absolute()  # "." has no name to put a sibling beside
+    for leftover in run_dir.parent.glob(f".{run_dir.name}{_REPLACED}*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    if not run_dir.exists() or not any(run_dir.iterdir()):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return
+    if not any((run_dir / name).exists() for name in (*RUN_MARKERS, *CONFIG_FILES)):
+        raise RunDirConflict(f"{run_dir} holds no run (no {', '.join(CONFIG_FILES)} or checkpoints): not replacing it")
+    aside = run_dir.with_name(f".{run_dir.name}{_REPLACED}{uuid.uuid4().hex[:8]}")
+    os.replace(run_dir, aside)
+    run_dir.mkdir()
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- SGLD traces
+# One npz, members ``step_000100.loss_trace`` etc.: numpy reads it back exactly, no Parquet needed.
+
+
+def read_trace_arrays(run_dir: str | Path) -> dict[int, dict[str, np.ndarray]]:
+    """``{step: {field: array}}`` of a run's stored traces (empty when none were stored)."""
+    path = Path(run_dir) / TRACES_NPZ
+    if not path.exists():
+        return {}
+    entries: dict[int, dict[str, np.ndarray]] = {}
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            for key in archive.files:
+                name, field = key.split(".", 1)
+                entries.setdefault(int(name.removeprefix("step_")), {})[field] = archive[key]
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        raise TracesError(f"{path}: corrupt traces file ({type(exc).__name__}); delete it and llc.csv to redo") from None
+    return dict(sorted(entries.items()))
+
+
+def append_traces(run_dir: str | Path, step: int, estimate: Any) -> None:
+    """Store ``estimate``'s TRACE_FIELDS (an :class:`~llcgrok.llc.LLCEstimate`'s) as checkpoint
+    ``step``, replacing that step's entry (a resume redoes a step whose llc.csv row was lost)
+    and keeping the others; the file is rewritten atomically."""
+    entries = read_trace_arrays(run_dir)
+    entries[int(step)] = {f: np.asarray(getattr(estimate, f)) for f in TRACE_FIELDS if getattr(estimate, f, None) is not None}
+    buffer = io.BytesIO()
+    np.savez(buffer, **{f"step_{s:06d}.{f}": v for s, fields in sorted(entries.items()) for f, v in fields.items()})
+    _atomic_write_bytes(Path(run_dir) / TRACES_NPZ, buffer.getvalue())
+
+
+def read_traces(run_dir: str | Path, step: int | None = None) -> pd.DataFrame:
+    """Stored traces as a tidy table, one row per step x chain x draw: ``step, chain, draw,
+    loss, mala`` (NaN where MALA was not recorded) and the estimate's ``init_loss, nbeta,
+    epsilon, localization, num_burnin_steps``. ``step`` picks one checkpoint."""
+    entries = read_trace_arrays(run_dir)
+    if step is not None and int(step) not in entries:
+        raise KeyError(f"{Path(run_dir) / TRACES_NPZ}: no traces for step {step} (stored: {sorted(entries) or 'none'})")
+    entries = entries if step is None else {int(step): entries[int(step)]}
+    frames = []
+    for s, fields in entries.items():
+        loss, mala = np.atleast_2d(fields["loss_trace"]), fields.get("mala_trace")
+        mala = mala if mala is not None and mala.shape == loss.shape else np.full(loss.shape, np.nan)
+        chains, draws = loss.shape
+        frame = pd.DataFrame({"step": s, "chain": np.repeat(np.arange(chains), draws), "draw": np.tile(np.arange(draws), chains),
+                              "loss": loss.reshape(-1), "mala": mala.reshape(-1)})
+        for name in TRACE_FIELDS[2:]:
+            frame[name] = fields[name].item() if name in fields else np.nan
+        frames.append(frame)
+    columns = ["step", "chain", "draw", "loss", "mala", *TRACE_FIELDS[2:]]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
 
 
 # --------------------------------------------------------------------------- locking
@@ -219,22 +368,25 @@ def is_trained(run_dir: str | Path) -> bool:
 def directory_lock(folder: str | Path) -> Iterator[Path]:
     """Hold an exclusive lock on ``folder/.lock`` for the duration, or raise LockedError.
 
-    The lock is an ``flock`` on an open file: the kernel drops it when the process dies,
-    so a killed sweep never leaves a stale lock behind.
+    The lock belongs to an open file (:mod:`llcgrok.filelock`): the operating system drops
+    it when the process dies, so a killed sweep never leaves a stale lock behind.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / ".lock"
     handle = open(path, "a+")
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        handle.seek(0)
-        holder = handle.read().strip() or "another process"
+        taken = filelock.lock(handle.fileno(), blocking=False)
+    except BaseException:
         handle.close()
-        if exc.errno in (errno.EAGAIN, errno.EACCES):
-            raise LockedError(f"{folder}: in use by {holder}; wait for it to finish or use another --out") from None
         raise
+    if not taken:
+        holder = "another process"
+        with contextlib.suppress(OSError):  # Windows refuses to read a locked byte
+            handle.seek(0)
+            holder = handle.read().strip() or holder
+        handle.close()
+        raise LockedError(f"{folder}: in use by {holder}; wait for it to finish or use another --out")
     try:
         handle.seek(0)
         handle.truncate()
@@ -242,5 +394,5 @@ def directory_lock(folder: str | Path) -> Iterator[Path]:
         handle.flush()
         yield path
     finally:
-        fcntl.flock(handle, fcntl.LOCK_UN)
+        filelock.unlock(handle.fileno())
         handle.close()

@@ -34,7 +34,7 @@ import time
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
@@ -50,7 +50,6 @@ from .seqtasks import (
     SeqData,
     addition_metrics,
     answer_cross_entropy,
-    chance_loss,
     make_addition,
     make_fraction_of_x,
     max_digits_at,
@@ -146,13 +145,18 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
         if isinstance(value, float) and value.is_integer():
             return int(value)
     if tp is float and not isinstance(value, bool):
+        number = None
         if isinstance(value, (int, float, np.integer, np.floating)):
-            return float(value)
-        if isinstance(value, str):
+            number = float(value)
+        elif isinstance(value, str):
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+        if number is not None:
+            if not math.isfinite(number):  # NaN passes every range check
+                raise SeqConfigError(f"{source}: '{key}' must be finite, got {value!r}")
+            return number
     if tp is str and isinstance(value, str):
         return value
     raise SeqConfigError(f"{source}: '{key}' must be {getattr(tp, '__name__', tp)}, got {value!r}")
@@ -370,9 +374,18 @@ def _training_dict(cfg: SeqConfig) -> dict:
     return out
 
 
-def train_sequence(cfg: SeqConfig | Mapping, run_dir=None, *, quiet: bool = True, resume: bool = True) -> SeqTrainResult:
+def _prepare_run_dir(run_dir: Path, cfg: SeqConfig, force: bool) -> bool:
+    """:func:`llcgrok.runs.prepare_run_dir` for a sequence-task run (its config.json)."""
+    return runs.prepare_run_dir(run_dir, _training_dict(cfg), lambda d: _training_dict(read_seq_config(d)),
+                                config_file=CONFIG_FILE, force=force)
+
+
+def train_sequence(cfg: SeqConfig | Mapping, run_dir=None, *, quiet: bool = True, resume: bool = True,
+                   force: bool = False) -> SeqTrainResult:
     """Train one sequence-task config; with ``run_dir``, write the run directory there and
-    resume from its last checkpoint when it holds the same config."""
+    resume from its last checkpoint when it holds the same config. Another config there is
+    refused (:class:`llcgrok.runs.RunDirConflict`); ``force`` replaces it whole, and
+    ``resume=False`` starts this config over."""
     cfg = cfg if isinstance(cfg, SeqConfig) else seq_config(cfg)
     validate_seq_config(cfg)
     if cfg.num_threads:
@@ -394,14 +407,8 @@ def train_sequence(cfg: SeqConfig | Mapping, run_dir=None, *, quiet: bool = True
 
     if run_dir is not None:
         run_dir = Path(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        existing = run_dir / CONFIG_FILE
-        if existing.exists():
-            old = read_seq_config(run_dir)
-            if _training_dict(old) != _training_dict(cfg):
-                raise SeqConfigError(f"{run_dir} holds a run of another config ({old.run_id}); use another run directory")
-        elif runs.list_checkpoints(run_dir) or (run_dir / "config.yaml").exists():
-            raise SeqConfigError(f"{run_dir} holds another kind of run (no {CONFIG_FILE}); use another run directory")
+        if _prepare_run_dir(run_dir, cfg, force) and not resume:
+            runs.replace_run_dir(run_dir)
         state = runs.load_state(run_dir) if resume else None
         if state is not None and state.get("kind") == "sequence" and state.get("config") == _training_dict(cfg):
             model.load_state_dict(state["model"])
@@ -492,293 +499,20 @@ def train_sequence(cfg: SeqConfig | Mapping, run_dir=None, *, quiet: bool = True
     return SeqTrainResult(model=model, metrics=table, summary=summary, data=data)
 
 
-def ensure_trained(cfg: SeqConfig | Mapping, run_dir, *, quiet: bool = True) -> tuple[pd.DataFrame, dict]:
+def ensure_trained(cfg: SeqConfig | Mapping, run_dir, *, quiet: bool = True, force: bool = False) -> tuple[pd.DataFrame, dict]:
     """Train unless the run directory already holds this config, finished (resuming an
-    interrupted one); return its metrics table and summary. Sets ``cfg.num_threads``
-    torch threads either way."""
+    interrupted one); return its metrics table and summary. Another config there is
+    refused; ``force`` replaces it. Sets ``cfg.num_threads`` torch threads either way."""
     cfg = cfg if isinstance(cfg, SeqConfig) else seq_config(cfg)
     run_dir = Path(run_dir)
     if cfg.num_threads:  # also for the LLC estimates that usually follow in the same process
         torch.set_num_threads(cfg.num_threads)
-    if runs.is_trained(run_dir) and (run_dir / CONFIG_FILE).exists() and _training_dict(read_seq_config(run_dir)) == _training_dict(cfg):
+    if not force and _prepare_run_dir(run_dir, cfg, False) and runs.is_trained(run_dir):
         return pd.read_csv(run_dir / "metrics.csv"), runs.read_summary(run_dir)
-    result = train_sequence(cfg, run_dir, quiet=quiet)
+    result = train_sequence(cfg, run_dir, quiet=quiet, force=force)
     return result.metrics, result.summary
 
 
 def run_dir_for(cfg: SeqConfig, run_dir=None) -> Path:
     """``run_dir`` if given, else ``outputs/runs/<run_id>`` under the working directory."""
     return Path(run_dir) if run_dir else Path("outputs") / "runs" / cfg.run_id
-
-
-# --------------------------------------------------------------------------- LLC
-
-
-DEFAULT_EPSILONS = (1e-7, 3e-7, 1e-6, 3e-6, 1e-5)
-DEFAULT_NBETAS = (100.0, 300.0, 1000.0)
-
-
-def _escaped(init_loss: float, loss_excess: float, chance: float) -> bool:
-    from .llc import ESCAPE_FRACTION
-
-    return bool(math.isfinite(chance) and np.isfinite(init_loss) and np.isfinite(loss_excess)
-                and init_loss < chance and loss_excess > ESCAPE_FRACTION * (chance - init_loss))
-
-
-def _apply_escape(table: pd.DataFrame, chance: float) -> pd.DataFrame:
-    """Mark the points whose draws climbed a fifth of the way from L_n(w*) to the chance
-    loss (the estimator knows a chance level only for plain cross-entropy)."""
-    table = table.copy()
-    table["escaped"] = [
-        bool(esc) or _escaped(il, le, chance)
-        for esc, il, le in zip(table["escaped"].astype(bool), table["init_loss"], table["loss_excess"])
-    ]
-    return table
-
-
-LOCALIZATION_RULE = """\
-Localization: the calibration grid is swept at every localization given; within each, the
-epsilon x nbeta rule of llcgrok.calibrate (RULE) picks a point or none, with "escaped"
-judged against the task's chance loss (log vocab for addition, the predict-the-mean MSE for
-fraction of x). The smallest localization whose recommended point lies on a plateau (an
-epsilon-neighbour within 20 %) is taken: the weakest pull towards w* at which the chains
-both stay in the basin and have mixed (a stronger pull adds prior curvature, and the
-estimate then shrinks like nbeta / localization). A point off any plateau is suspect: an
-estimate that still grows with epsilon comes from chains that have not reached
-equilibrium (at a weak pull with too few draws, a small epsilon barely moves and looks
-healthy). So when no localization has a plateau point, the largest localization with a
-recommended point is taken (fastest mixing), said so in the reason. No localization with
-a recommended point: no recommendation."""
-
-
-def calibrate_sequence_run(run_dir, *, epsilons: Sequence[float] = DEFAULT_EPSILONS, nbetas: Sequence[float] = DEFAULT_NBETAS,
-                           localization: float = 1e5, localizations: Sequence[float] | None = None, num_chains: int = 2,
-                           num_draws: int = 100, num_burnin_steps: int = 0, batch_size: int = 256, seed: int = 0,
-                           nbeta_preferred: float | None = None, mala_band: Sequence[float] = (0.2, 1.0),
-                           cores: int = 1, device: str = "auto", quiet: bool = True, force: bool = False):
-    """Calibrate the sampler on the run's final checkpoint with the task's loss.
-
-    For each localization (``localizations``, or just ``localization``) an epsilon x nbeta
-    sweep by :func:`llcgrok.calibrate.calibrate`; ``escaped`` is judged against
-    :func:`llcgrok.seqtasks.chance_loss` (the estimator knows a chance level only for plain
-    cross-entropy) and the rule reapplied; then :data:`LOCALIZATION_RULE` picks the
-    localization. Returns a :class:`~llcgrok.calibrate.Calibration` whose table has a
-    ``localization`` column and whose ``recommended`` holds epsilon, nbeta and localization.
-    Writes ``calibration.csv`` / ``.json`` and ``figures/calibration_heatmap.png`` (the
-    chosen localization; ``calibration_heatmap_loc<G>.png`` for each when several); a stored
-    calibration with the same settings is reused unless ``force``."""
-    from . import plots
-    from .calibrate import RULE, RULE_VERSION, Calibration, calibrate, load_calibration, recommend
-    from .llc import default_nbeta
-
-    run_dir = Path(run_dir)
-    cfg = read_seq_config(run_dir)
-    checkpoints = runs.list_checkpoints(run_dir)
-    if not checkpoints or not runs.is_trained(run_dir):
-        raise FileNotFoundError(f"{run_dir}: training has not finished; calibration needs the final checkpoint")
-    gammas = sorted(float(g) for g in (localizations if localizations else [localization]))
-    for gamma in gammas:
-        if not (gamma >= 0 and math.isfinite(gamma)):
-            raise ValueError(f"localizations must be non-negative numbers, got {gamma!r}")
-    step, path = checkpoints[-1]
-    data = make_seq_data(cfg)
-    preferred = float(nbeta_preferred) if nbeta_preferred is not None else default_nbeta(cfg.n_train)
-    settings = {
-        "epsilons": [float(e) for e in epsilons], "nbetas": [float(b) for b in nbetas], "localizations": gammas,
-        "num_chains": int(num_chains), "num_draws": int(num_draws), "num_burnin_steps": int(num_burnin_steps),
-        "batch_size": int(batch_size), "seed": int(seed), "mala_band": [float(m) for m in mala_band],
-        "nbeta_preferred": round(preferred, 6), "step": int(step), "rule_version": RULE_VERSION, "task": cfg.task,
-    }
-    if not force:
-        stored = load_calibration(run_dir)
-        if stored is not None and {k: stored.settings.get(k) for k in settings} == settings:
-            return stored
-    dev = resolve_device(device)
-    model, _ = load_seq_checkpoint(path, dev)
-    chance = chance_loss(data)
-    per_gamma = {}
-    for gamma in gammas:
-        result = calibrate(
-            model, (data.train_inputs.to(dev), data.train_targets.to(dev)), loss=seq_loss(cfg.task),
-            epsilons=settings["epsilons"], nbetas=settings["nbetas"], localization=gamma,
-            num_chains=num_chains, num_draws=num_draws, num_burnin_steps=num_burnin_steps, batch_size=batch_size,
-            seed=seed, device=str(dev), cores=cores, mala_band=mala_band, nbeta_preferred=preferred, quiet=quiet,
-        )
-        columns = list(result.table.columns)
-        recommended, reason, table = recommend(_apply_escape(result.table, chance), mala_band=mala_band, nbeta_preferred=preferred)
-        table = table[columns]
-        table.insert(2, "localization", gamma)
-        per_gamma[gamma] = (recommended, reason, table, result.traces.assign(localization=gamma) if len(result.traces) else result.traces)
-    def on_plateau(gamma: float) -> bool:
-        rec, _, table, _ = per_gamma[gamma]
-        sel = np.isclose(table["epsilon"], rec["epsilon"]) & np.isclose(table["nbeta"], rec["nbeta"])
-        return bool(table.loc[sel, "plateau"].astype(bool).any())
-
-    with_point = [g for g in gammas if per_gamma[g][0] is not None]
-    flat = [g for g in with_point if on_plateau(g)]
-    chosen = flat[0] if flat else (with_point[-1] if with_point else None)
-    if chosen is None:
-        recommended = None
-        reason = " | ".join(f"localization {g:g}: {per_gamma[g][1]}" for g in gammas)
-        traces = pd.DataFrame()
-    else:
-        rec, why, _, traces = per_gamma[chosen]
-        recommended = {**rec, "localization": chosen}
-        listed = ", ".join(f"{g:g}" for g in gammas)
-        lead = f"localization {chosen:g}"
-        if len(gammas) > 1:
-            lead += (f" (the smallest of {listed} whose point is on a plateau)" if flat
-                     else f" (no plateau at any of {listed}; the largest with a healthy point)")
-        reason = f"{lead}; {why}"
-    table = pd.concat([per_gamma[g][2] for g in gammas], ignore_index=True)
-    calibration = Calibration(
-        table=table, recommended=recommended, reason=reason, rule=RULE + "\n" + LOCALIZATION_RULE, traces=traces,
-        settings={**settings, "chance_loss": chance}, step=step,
-    )
-    runs.atomic_write_csv(run_dir / "calibration.csv", table)
-    info = calibration.to_json()
-    if recommended is not None:  # the row at the chosen localization too, not only epsilon and nbeta
-        sel = (np.isclose(table["localization"], chosen) & np.isclose(table["epsilon"], recommended["epsilon"])
-               & np.isclose(table["nbeta"], recommended["nbeta"]))
-        info["recommended_row"] = {k: (v.item() if hasattr(v, "item") else v) for k, v in table[sel].iloc[0].to_dict().items()}
-    runs.atomic_write_json(run_dir / "calibration.json", info)
-    figures = run_dir / "figures"
-    shown = chosen if chosen is not None else gammas[-1]
-    plots.save_figure(plots.plot_calibration_heatmap(per_gamma[shown][2], recommended), figures / "calibration_heatmap.png")
-    if len(gammas) > 1:
-        for gamma in gammas:
-            rec = recommended if gamma == chosen else None
-            plots.save_figure(plots.plot_calibration_heatmap(per_gamma[gamma][2], rec), figures / f"calibration_heatmap_loc{gamma:g}.png")
-    return calibration
-
-
-def trajectory_columns(task: str) -> list[str]:
-    from .llc import SETTING_COLUMNS
-
-    metrics = [f"{split}_{name}" for name in metric_names(task) for split in ("train", "val")]
-    return [
-        "step", "llc_mean", "llc_std", "healthy", "mala_acceptance", "frac_below_init", "num_diverged",
-        "diverged_chains", "trace_drift", "trace_drift_se", "trace_slope", "converged", "r_hat", "loss_excess",
-        "escaped", "chance_loss", "negative", "init_loss", "failure_reasons", "warnings", *SETTING_COLUMNS,
-        "settings_source", "calibrated", "train_loss", "val_loss", *metrics, "train_error", "val_error",
-        "error_metric", "num_params", "seconds",
-    ]
-
-
-def sequence_llc_trajectory(
-    run_dir,
-    *,
-    epsilon: float = 1e-6,
-    nbeta: float | None = None,
-    localization: float = 1e5,
-    num_chains: int = 2,
-    num_draws: int = 100,
-    num_burnin_steps: int = 0,
-    batch_size: int = 256,
-    seed: int = 0,
-    calibrate: bool = True,
-    epsilons: Sequence[float] = DEFAULT_EPSILONS,
-    nbetas: Sequence[float] = DEFAULT_NBETAS,
-    localizations: Sequence[float] | None = None,
-    calibration_draws: int | None = None,
-    mala_band: Sequence[float] = (0.2, 1.0),
-    cores: int = 1,
-    device: str = "auto",
-    strict: bool = False,
-    quiet: bool = True,
-) -> pd.DataFrame:
-    """The LLC of every checkpoint of a sequence-task run into ``RUN_DIR/llc.csv``.
-
-    Loss: MSE (fraction of x) or the answer-digit cross-entropy (addition), on the whole
-    training set; ``nbeta`` None means n / log n. With ``calibrate``, the sampler is first
-    calibrated on the final checkpoint (:func:`calibrate_sequence_run`, over ``epsilons`` x
-    ``nbetas`` at each of ``localizations`` (default: just ``localization``), with
-    ``calibration_draws`` draws, default ``num_draws``) and its recommendation replaces
-    ``epsilon``, ``nbeta`` and ``localization``; when it recommends nothing, the given
-    settings are used with a warning, ``calibrated`` is False and ``settings_source`` starts
-    with ``UNCALIBRATED`` (``strict=True`` raises instead). Each row: the LLC, its
-    diagnostics (``escaped`` against :func:`~llcgrok.seqtasks.chance_loss`, and ``healthy``
-    only if not escaped), the settings, and loss / metrics / error (``error_metric``: MAE or
-    1 - exact match) on the full train and held-out sets at that checkpoint. Rows are written
-    as each checkpoint finishes; a rerun with the same settings skips the steps in the file.
-    """
-    from .llc import AllChainsFailed, apply_calibration, default_nbeta, estimate_llc, failed_row, rows_done, trajectory_frame
-
-    run_dir = Path(run_dir)
-    cfg = read_seq_config(run_dir)
-    checkpoints = runs.list_checkpoints(run_dir)
-    if not checkpoints:
-        raise FileNotFoundError(f"{run_dir}: no checkpoints; train the run first (llcgrok.seqtrain.train_sequence)")
-    data = make_seq_data(cfg)
-    settings = {
-        "epsilon": float(epsilon), "nbeta": default_nbeta(cfg.n_train) if nbeta is None else float(nbeta),
-        "localization": float(localization), "num_chains": int(num_chains), "num_draws": int(num_draws),
-        "num_burnin_steps": int(num_burnin_steps), "batch_size": int(batch_size), "seed": int(seed),
-    }
-    source, calibrated = "given", False
-    if calibrate:
-        calibration = calibrate_sequence_run(
-            run_dir, epsilons=epsilons, nbetas=nbetas, localization=localization, localizations=localizations, num_chains=num_chains,
-            num_draws=calibration_draws or num_draws, num_burnin_steps=num_burnin_steps, batch_size=batch_size,
-            seed=seed, nbeta_preferred=settings["nbeta"], mala_band=mala_band, cores=cores, device=device, quiet=quiet,
-        )
-        settings, source, calibrated = apply_calibration(calibration, settings, run_dir, strict=strict,
-                                                         widen_hint="Widen epsilons / nbetas / localizations.")
-
-    path = run_dir / "llc.csv"
-    columns = trajectory_columns(cfg.task)
-    rows = rows_done(path, settings)
-    done_steps = {int(r["step"]) for r in rows}
-    dev = resolve_device(device)
-    train_x, train_y = data.train_inputs.to(dev), data.train_targets.to(dev)
-    val_x, val_y = data.val_inputs.to(dev), data.val_targets.to(dev)
-    chance = chance_loss(data)
-    loss = seq_loss(cfg.task)
-    todo = [(s, p) for s, p in checkpoints if s not in done_steps]
-    bar = tqdm(todo, desc=f"LLC {run_dir.name}", unit="ckpt", disable=quiet)
-    for step, ckpt in bar:
-        model, _ = load_seq_checkpoint(ckpt, dev)
-        t0 = time.perf_counter()
-        try:
-            est = estimate_llc(model, (train_x, train_y), loss=loss, **settings, device=str(dev), cores=cores, quiet=True)
-            row = est.to_row()
-            escaped = bool(row.get("escaped")) or _escaped(est.init_loss, est.diagnostics["loss_excess"], chance)
-            if escaped and not row.get("escaped"):
-                row["warnings"] = "; ".join(filter(None, [str(row.get("warnings") or ""),
-                                                          "draws climbed a fifth of the way to the chance loss: the chain left the basin"]))
-            row["escaped"], row["healthy"] = escaped, bool(row["healthy"]) and not escaped
-        except AllChainsFailed as exc:
-            row = failed_row(exc, settings)
-        row["seconds"] = time.perf_counter() - t0
-        row["chance_loss"] = chance
-        tr = evaluate_seq(model, cfg.task, train_x, train_y)
-        va = evaluate_seq(model, cfg.task, val_x, val_y)
-        row.update(step=step, settings_source=source, calibrated=calibrated, train_loss=tr["loss"], val_loss=va["loss"],
-                   train_error=error_of(cfg.task, tr), val_error=error_of(cfg.task, va),
-                   error_metric="mae" if cfg.task == "fraction_of_x" else "1-exact_match", num_params=model.num_params)
-        for name in metric_names(cfg.task):
-            row[f"train_{name}"], row[f"val_{name}"] = tr[name], va[name]
-        rows.append(row)
-        runs.atomic_write_csv(path, trajectory_frame(rows, columns))
-        bar.set_postfix(step=step, llc=f"{row['llc_mean']:.3g}", refresh=False)
-    bar.close()
-    frame = trajectory_frame(rows, columns)
-    if not path.exists():
-        runs.atomic_write_csv(path, frame)
-    return frame
-
-
-def llc_summary(trajectory: pd.DataFrame) -> dict:
-    """LLC at the first checkpoint, at its peak and at the last, with their steps."""
-    t = trajectory.sort_values("step").dropna(subset=["llc_mean"])
-    if t.empty:
-        return {}
-    peak = t.loc[t["llc_mean"].idxmax()]
-    return {
-        "llc_start": float(t["llc_mean"].iloc[0]), "llc_start_step": int(t["step"].iloc[0]),
-        "llc_peak": float(peak["llc_mean"]), "llc_peak_step": int(peak["step"]),
-        "llc_end": float(t["llc_mean"].iloc[-1]), "llc_end_step": int(t["step"].iloc[-1]),
-        "epsilon": float(t["epsilon"].iloc[-1]), "nbeta": float(t["nbeta"].iloc[-1]),
-        "localization": float(t["localization"].iloc[-1]), "calibrated": bool(t["calibrated"].astype(bool).all()),
-        "healthy_fraction": float(t["healthy"].astype(bool).mean()),
-    }

@@ -30,7 +30,6 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import copy
-import fcntl
 import json
 import logging
 import multiprocessing
@@ -43,12 +42,12 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import pandas as pd
 from tqdm.auto import tqdm
 
-from . import runs
+from . import filelock, runs
 from .capacity import bucket_lookup, grid_table
 from .config import ConfigError, Params, RunConfig, expand, run_id_for, set_dotted, validate_run
 
@@ -157,11 +156,11 @@ def _config_lock(path: Path) -> Iterator[int]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        filelock.lock(fd, blocking=True)
         yield fd
     finally:
         with contextlib.suppress(OSError):
-            fcntl.flock(fd, fcntl.LOCK_UN)
+            filelock.unlock(fd)
         os.close(fd)
 
 
@@ -229,7 +228,8 @@ def _run_notebooks(
     parameters = {**config, "llc": llc, "run_dir": str(work), "quiet": True}
     env = {name: str(threads) for name in THREAD_VARIABLES}
     with open(work / "kernel.log", "ab") as log:
-        manager = _kernel_manager_class(env, (lock_fd,), log)
+        # POSIX only: Windows cannot pass descriptors to a child, nor share the lock with it.
+        manager = _kernel_manager_class(env, (lock_fd,) if os.name == "posix" else (), log)
         for name, notebook in notebooks.items():
             output = work / name
             try:
@@ -425,12 +425,14 @@ def run_sweep(
     quiet: bool = False,
     report: bool = True,
     threads: int = DEFAULT_THREADS,
+    figure_formats: Sequence[str] | None = None,
 ) -> SweepResult:
     """Run every config of ``params`` into ``out``; skip finished ones; report at the end.
 
     ``workers`` local processes (or, with ``cluster="local"``, Dask LocalCluster workers),
     or the workers of the Dask scheduler at ``scheduler``; ``threads`` torch threads per
-    config in every case, so that results do not depend on the choice.
+    config in every case, so that results do not depend on the choice. ``figure_formats``:
+    the report's figures in each (:func:`write_report`).
     """
     if workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {workers}")
@@ -483,7 +485,7 @@ def run_sweep(
                     result.skipped.append(run_id)
             result.summary = write_summary(out, params, configs)
             if report:
-                write_report(out, quiet=quiet)
+                write_report(out, quiet=quiet, formats=figure_formats)
     finally:
         if client is not None:
             with contextlib.suppress(Exception):
@@ -556,18 +558,27 @@ def write_summary(out: Path, params: Params, configs: list[tuple[str, RunConfig]
     return table
 
 
-def write_report(sweep_dir: Path, *, quiet: bool = False) -> Path:
+def write_report(sweep_dir: Path, *, quiet: bool = False, formats: Sequence[str] | None = None) -> Path:
     """Execute the capacity report notebook into ``sweep_dir/report.ipynb`` (figures under
-    ``sweep_dir/figures/``)."""
+    ``sweep_dir/figures/``, each with a CSV of its data; ``formats``, e.g. ``["png", "pdf"]``:
+    every figure in each, default PNG)."""
     import papermill
+
+    from .plots import figure_formats
 
     sweep_dir = Path(sweep_dir).resolve()
     if not (sweep_dir / "summary.csv").exists():
         raise ConfigError(f"{sweep_dir}: no summary.csv: is this a sweep directory?")
+    parameters = {"sweep_dir": str(sweep_dir)}
+    if formats:
+        try:
+            parameters["figure_formats"] = figure_formats(formats)  # checked here, not late in the kernel
+        except ValueError as exc:
+            raise ConfigError(f"--figure-formats: {exc}") from None
     output = sweep_dir / "report.ipynb"
     with open(sweep_dir / "report.kernel.log", "ab") as log:  # the kernel's own warnings, off the terminal
         papermill.execute_notebook(
-            str(notebooks_dir() / REPORT_NOTEBOOK), str(output), parameters={"sweep_dir": str(sweep_dir)},
+            str(notebooks_dir() / REPORT_NOTEBOOK), str(output), parameters=parameters,
             progress_bar=False, cwd=str(sweep_dir), kernel_name="python3", language="python",
             kernel_manager_class=_kernel_manager_class(log_file=log),
         )

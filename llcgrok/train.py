@@ -172,9 +172,12 @@ def train(
     *,
     quiet: bool = False,
     resume: bool = True,
+    force: bool = False,
 ) -> TrainResult:
     """Train one config. With ``run_dir``, write config, checkpoints, metrics and summary
-    there and resume from its last checkpoint if one exists."""
+    there and resume from its last checkpoint if one exists. A directory holding another
+    config is refused (:class:`llcgrok.runs.RunDirConflict`); ``force`` replaces whatever it
+    holds, and ``resume=False`` starts this config over, leaving nothing of the earlier try."""
     tc = cfg.train
     if tc.num_threads:
         torch.set_num_threads(tc.num_threads)
@@ -199,7 +202,8 @@ def train(
     save_points = set(checkpoint_steps(tc))
     if run_dir is not None:
         run_dir = Path(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
+        if runs.prepare_run_dir(run_dir, runs.training_identity(cfg), force=force) and not resume:
+            runs.replace_run_dir(run_dir)
         state = runs.load_state(run_dir) if resume else None
         if state is not None and _training_sections(state.get("run_config", {})) == _training_sections(cfg.to_dict()):
             model.load_state_dict(state["model"])

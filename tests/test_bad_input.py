@@ -137,6 +137,30 @@ def test_non_yaml_params_file(tmp_path, populated, content):
     assert_bad_input(params, None, *populated)
 
 
+@pytest.mark.parametrize("content", ["", "# task: {p: 11}\n"], ids=["empty", "only_comments"])
+def test_empty_params_file(tmp_path, populated, content):
+    params = tmp_path / "study.yaml"
+    params.write_text(content)
+    assert_bad_input(params, None, *populated)
+    done = llcgrok("train", params, "--out", tmp_path / "run")
+    assert "the params file is empty" in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("option, key", [("llc.epsilon=nan", "llc.epsilon"), ("train.lr=inf", "train.lr"),
+                                         ("llc.calibration.epsilons=[1.0e-4, .nan]", "llc.calibration.epsilons[1]"),
+                                         ("task.training_fraction=-inf", "task.training_fraction")])
+def test_nan_and_inf_in_set_are_one_line_naming_the_key(tmp_path, populated, option, key):
+    params = tmp_path / "valid.yaml"
+    params.write_text(dump_yaml(VALID))
+    sweep, run = populated
+    for command, out in (("sweep", sweep), ("train", run)):
+        done = llcgrok(command, params, "--out", out, "--quiet", "--set", option)
+        assert done.returncode == 2, (command, done.returncode, done.stderr)
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in done.stderr, (command, done.stderr)
+        assert f"'{key}' must be finite" in lines[0], (command, lines[0])
+
+
 def test_valid_study_passes_the_same_checks(tmp_path):
     """The cases above fail because of their one bad value, not because VALID is wrong."""
     path = tmp_path / "valid.yaml"

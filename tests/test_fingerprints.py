@@ -142,7 +142,8 @@ def test_fingerprints_notebook(tmp_path, repo_root):
     parameters = {
         "task": {"name": "x_plus_y", "p": 11},
         "model": {"num_layers": 1, "d_model": 16, "num_heads": 2},
-        "train": {"num_steps": 60, "batch_size": 64, "eval_batches": 1, "num_checkpoints": 3, "fingerprint_every": 5},
+        "train": {"num_steps": 50, "batch_size": 64, "eval_batches": 1, "num_checkpoints": 3, "fingerprint_every": 5},
+        "overrides": ["train.num_steps=60"],  # applied to every config of the study: 13 fingerprints below
         "llc": {
             "num_chains": 1, "num_draws": 8, "batch_size": 32, "cores": 1,
             "calibration": {"epsilons": [1.0e-4, 1.0e-3], "nbetas": [10.0]},

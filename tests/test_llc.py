@@ -16,9 +16,9 @@ from llcgrok.llc import (
     LLCError,
     default_nbeta,
     estimate_llc,
-    run_trajectory,
     summarize_chains,
 )
+from llcgrok.trajectory import run_trajectory
 
 
 class _Product(torch.nn.Module):
@@ -38,7 +38,9 @@ SAMPLER = dict(localization=1.0, num_chains=4, batch_size=500, seed=0)
 
 def test_regular_model_has_llc_d_over_2():
     model, data = regression()
-    est = estimate_llc(model, data, loss="mse", epsilon=1e-4, num_draws=400, **SAMPLER)
+    # The trend test covers every recorded draw, so the rise from w* is burnt in first
+    # (without it the trace is still rising; measured on 8 seeds: all healthy with 400 steps).
+    est = estimate_llc(model, data, loss="mse", epsilon=1e-4, num_draws=800, num_burnin_steps=400, **SAMPLER)
     d = sum(p.numel() for p in model.parameters())
     assert est.mean == pytest.approx(d / 2, rel=0.15), est
     assert est.nbeta == pytest.approx(5000 / math.log(5000))
@@ -49,7 +51,10 @@ def test_singular_model_has_llc_below_its_regular_count():
     g = torch.Generator().manual_seed(1)
     x = torch.randn(5000, 1, generator=g)
     y = 0.5 * torch.randn(5000, 1, generator=g)
-    est = estimate_llc(_Product(), (x, y), loss="mse", epsilon=3e-4, num_draws=1000, **SAMPLER)
+    # This chain relaxes slowly from a = b = 0: burn-in, and 8 chains, keep the estimate
+    # within the bounds whatever the seed (measured: 0.32-0.47 over 6 seeds).
+    est = estimate_llc(_Product(), (x, y), loss="mse", epsilon=3e-4, num_draws=1000, num_burnin_steps=1000,
+                       **{**SAMPLER, "num_chains": 8})
     # A regular 2-parameter model would give 1.0; the singularity halves it (lambda = 1/2).
     assert 0.3 < est.mean < 0.7, est
 

@@ -45,7 +45,11 @@ def test_tiny_sweep_end_to_end_then_skips_everything(tmp_path):
         assert row["llc_calibrated"] == llc["settings_source"].iloc[-1].startswith("calibrated")
     assert (out / "report.ipynb").exists()
     figures = sorted(p.name for p in (out / "figures").glob("*.png"))
-    assert "buckets_x_plus_y.png" in figures and "steps_by_arch.png" in figures
+    for name in ("buckets_x_plus_y", "steps_by_arch", "capacity", "llc_vs_loss", "aligned_at_grokking",
+                 "grokking_vs_baseline", "calibration_overview"):
+        assert f"{name}.png" in figures and (out / "figures" / f"{name}.csv").exists(), name
+    overview = pd.read_csv(out / "figures" / "calibration_overview.csv")
+    assert sorted(overview["run_id"]) == sorted(first.completed) and (overview["checkpoints"] == 4).all()
     stamps = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*") if p.is_file()}
 
     second = run_sweep(params, out, quiet=True, report=False)

@@ -93,10 +93,12 @@ def test_nan_is_reported_with_its_step():
 
 @pytest.mark.slow
 def test_small_preset_groks_on_cpu(repo_root):
-    """1 layer, d 64, x_plus_y mod 97: memorises, then generalises (val acc > 0.99)."""
+    """quick.yaml's single run (1 layer, d 64, x_plus_y mod 97, what `llcgrok train` takes):
+    memorises, then generalises (val acc > 0.99)."""
     from llcgrok.config import load_params, resolve_run
 
-    cfg = resolve_run(load_params(repo_root / "params" / "quick.yaml"), {"model.num_layers": 1, "model.d_model": 64})
+    cfg = resolve_run(load_params(repo_root / "params" / "quick.yaml"))
+    assert (cfg.model.num_layers, cfg.model.d_model) == (1, 64)
     summary = train(cfg, quiet=True).summary
     assert summary["steps_to_grokking"] is not None
     assert summary["final_val_acc"] > 0.99
