@@ -21,12 +21,29 @@ the part of the difference that comes from that is shown separately.
 
 Finally ``run_trajectory`` (the product path: also train/val accuracy per checkpoint) runs
 over the same run, and is checked to reproduce the per-checkpoint estimates exactly.
+"llcgrok" is ``estimate_llc``'s default path (``sampler="auto"``, the batched sampler).
+
+The batched sampler (``llcgrok.sgld_batched``), against devinterp at equal settings:
+
+    python benchmarks/bench_llc.py --samplers              # 1x64, 2x64, 2x128; 4 x 200 draws, batch 256 (~20 min)
+    python benchmarks/bench_llc.py --samplers --main-job   # also the certified LLC cost of params/quick.yaml
+    python benchmarks/bench_llc.py --profile --sizes 1x64  # where the batched step's time goes
+
+For each size a short run (``--train-steps`` updates; checkpoints at 0 and at the end)
+gives two checkpoints; per round, one checkpoint, every path once, the order alternating,
+rounds disturbed by other processes redone: devinterp's ``estimate_learning_coeff_with_summary``
+the plain way (reference model, DataLoader) with ``cores=1`` and ``cores=2`` (one thread
+per worker), both handed the full-data L_n(w*); llcgrok's devinterp loop with ``cores=2``;
+llcgrok's batched sampler. Then chain-steps per second against the FLOP-bound limit of the
+measured matmul peak, the agreement of the estimates, and the certified setting
+(``--certified-chains/draws/burnin``, default 4 x 1000 + 500) per checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import tempfile
 import time
@@ -47,7 +64,7 @@ from llcgrok.train import train  # noqa: E402
 SIZES = {"1x64": (1, 64), "2x128": (2, 128), "4x256": (4, 256)}
 
 
-def devinterp_estimate(ckpt_path, task, settings, *, drop_last=False, init_loss=None, lean=False):
+def devinterp_estimate(ckpt_path, task, settings, *, drop_last=False, init_loss=None, lean=False, cores=1, burnin=0):
     """The plain way, as the field's notebooks call it: the reference model, a shuffled
     DataLoader, devinterp's own L_n(w*). The keyword arguments change one thing each (for
     ``--explain``)."""
@@ -68,7 +85,8 @@ def devinterp_estimate(ckpt_path, task, settings, *, drop_last=False, init_loss=
     t = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # devinterp warns about seeds, nbeta and cycling on every call
-        out = _call_devinterp(estimate_learning_coeff_with_summary, model, loader, evaluate_ce, SGLD, settings, init_loss)
+        out = _call_devinterp(estimate_learning_coeff_with_summary, model, loader, evaluate_ce, SGLD, settings, init_loss,
+                              cores=cores, burnin=burnin)
     seconds = time.perf_counter() - t
     per_chain = np.array([out[f"llc-chain/{i}"] for i in range(settings["num_chains"])])
     trace = np.asarray(out["loss/trace"], dtype=float)
@@ -78,7 +96,7 @@ def devinterp_estimate(ckpt_path, task, settings, *, drop_last=False, init_loss=
             "seconds": seconds}
 
 
-def _call_devinterp(estimate, model, loader, evaluate_ce, sgld, settings, init_loss=None):
+def _call_devinterp(estimate, model, loader, evaluate_ce, sgld, settings, init_loss=None, cores=1, burnin=0):
     return estimate(
         model,
         loader=loader,
@@ -87,8 +105,8 @@ def _call_devinterp(estimate, model, loader, evaluate_ce, sgld, settings, init_l
         optimizer_kwargs=dict(lr=settings["epsilon"], nbeta=settings["nbeta"], localization=settings["localization"]),
         num_chains=settings["num_chains"],
         num_draws=settings["num_draws"],
-        num_burnin_steps=0,
-        cores=1,
+        num_burnin_steps=burnin,
+        cores=cores,
         seed=settings["seed"],
         device="cpu",
         verbose=False,
@@ -96,7 +114,7 @@ def _call_devinterp(estimate, model, loader, evaluate_ce, sgld, settings, init_l
     )
 
 
-def llcgrok_estimate(ckpt_path, task, settings, cores, model=None):
+def llcgrok_estimate(ckpt_path, task, settings, cores, model=None, sampler="auto", burnin=0, method="sgld"):
     from llcgrok.llc import estimate_llc
 
     t = time.perf_counter()
@@ -105,8 +123,8 @@ def llcgrok_estimate(ckpt_path, task, settings, cores, model=None):
     est = estimate_llc(
         model, (task.train_inputs, task.train_targets), loss="ce",
         epsilon=settings["epsilon"], nbeta=settings["nbeta"], localization=settings["localization"],
-        num_chains=settings["num_chains"], num_draws=settings["num_draws"], num_burnin_steps=0,
-        batch_size=settings["batch_size"], seed=settings["seed"], device="cpu", cores=cores,
+        num_chains=settings["num_chains"], num_draws=settings["num_draws"], num_burnin_steps=burnin,
+        batch_size=settings["batch_size"], seed=settings["seed"], device="cpu", cores=cores, sampler=sampler, method=method,
     )
     seconds = time.perf_counter() - t
     return {"mean": float(est.mean), "per_chain": np.asarray(est.per_chain, dtype=float), "init_loss": float(est.init_loss),
@@ -144,6 +162,229 @@ def explain(checkpoints, task, settings, chains: int) -> None:
     print(common.table(["step", "estimator", "llc", "aligned llc ± s.e."], rows))
 
 
+# --------------------------------------------------------------------------- --samplers: the batched sampler
+
+SAMPLER_SIZES = {"1x64": (1, 64), "2x64": (2, 64), "2x128": (2, 128)}
+QUICK_SIZES = {f"{l}x{d}": (l, d) for l in (1, 2) for d in (32, 48, 64)}  # params/quick.yaml's grid
+
+
+def _short_run(size: tuple, steps: int, root: Path):
+    """A run of ``steps`` updates with checkpoints at 0 and at the end (timing needs no grokked weights)."""
+    cfg = RunConfig()
+    cfg.model.num_layers, cfg.model.d_model = size
+    cfg.train.num_steps, cfg.train.checkpoint_schedule, cfg.train.num_checkpoints = steps, "linear", 1
+    cfg.train.device = "cpu"
+    run_dir = root / f"L{size[0]}d{size[1]}"
+    train(cfg, run_dir, quiet=True)
+    return cfg, runs.list_checkpoints(run_dir)
+
+
+def _full_init(path, task) -> float:
+    from torch.utils.data import TensorDataset
+
+    from llcgrok.llc import full_loss, make_evaluate
+
+    model, _ = runs.load_checkpoint(path)
+    return full_loss(model, TensorDataset(task.train_inputs, task.train_targets), make_evaluate("ce"), model.head.weight.device)[0]
+
+
+def _devinterp_2(path, task, settings, init, burnin=0):
+    """devinterp's cores=2: its spawn pool, one torch thread per worker (with its default of
+    two threads each, two workers on two cores oversubscribe and run slower)."""
+    old = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"
+    try:
+        return devinterp_estimate(path, task, settings, init_loss=init, cores=2, burnin=burnin)
+    finally:
+        if old is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = old
+
+
+def _sampler_paths(task, settings, inits: dict) -> dict:
+    """Name -> fn(checkpoint path): the paths compared, all with the full-data L_n(w*)."""
+    return {
+        "devinterp cores=1": lambda p: devinterp_estimate(p, task, settings, init_loss=inits[p], cores=1),
+        "devinterp cores=2": lambda p: _devinterp_2(p, task, settings, inits[p]),
+        "llcgrok devinterp loop, cores=2": lambda p: llcgrok_estimate(p, task, settings, cores=2, sampler="devinterp"),
+        "llcgrok batched": lambda p: llcgrok_estimate(p, task, settings, cores=1, sampler="batched"),
+    }
+
+
+def _round(paths: dict, checkpoints, attempt: int) -> dict:
+    """Every path once on one checkpoint, in alternating order."""
+    path = checkpoints[attempt % len(checkpoints)][1]
+    names = list(paths) if attempt % 2 == 0 else list(paths)[::-1]
+    out = {"checkpoint": checkpoints[attempt % len(checkpoints)][0]}
+    for name in names:
+        t = time.perf_counter()
+        out[name] = paths[name](path)
+        out[name]["wall"] = time.perf_counter() - t
+    return out
+
+
+def _flop_bound(cfg, task, batch: int, peak: float) -> float:
+    """Chain-steps per second at the measured matmul peak: forward + backward ~ 3 forwards."""
+    from llcgrok.model import flops_per_example
+
+    return peak * 1e9 / (3 * flops_per_example(cfg.model, task.num_classes, task.seq_len) * batch)
+
+
+def sampler_table(args) -> None:
+    import torch
+
+    peak = common.measured_matmul_peak()
+    print(f"measured matmul peak (2048^3 fp32, {torch.get_num_threads()} threads): {peak:.0f} GFLOP/s\n")
+    root = Path(tempfile.mkdtemp(prefix="bench_samplers_"))
+    speed_rows, flop_rows, agree_rows, cost = [], [], [], {}
+    for size in args.sizes:
+        cfg, checkpoints = _short_run(SAMPLER_SIZES[size], args.train_steps, root)
+        task = make_task(cfg.task, seed=cfg.train.seed)
+        n = len(task.train_targets)
+        settings = {"epsilon": args.epsilon, "nbeta": n / math.log(n), "localization": args.localization,
+                    "num_chains": args.chains or 4, "num_draws": args.draws or 200, "batch_size": args.batch, "seed": 0}
+        inits = {p: _full_init(p, task) for _, p in checkpoints}
+        paths = _sampler_paths(task, settings, inits)
+        results, note = common.quiet_rounds(lambda a: _round(paths, checkpoints, a), args.rounds)
+        chain_steps = settings["num_chains"] * settings["num_draws"]
+        best_dev = [min(r["devinterp cores=1"]["wall"], r["devinterp cores=2"]["wall"]) for r in results]
+        for name in paths:
+            walls = [r[name]["wall"] for r in results]
+            ratios = [b / r[name]["wall"] for b, r in zip(best_dev, results)]
+            speed_rows.append([size, name, common.median(walls), common.median(ratios), common.spread(ratios),
+                               chain_steps / common.median(walls), note])
+        bound = _flop_bound(cfg, task, settings["batch_size"], peak)
+        rate = chain_steps / common.median([r["llcgrok batched"]["wall"] for r in results])
+        flop_rows.append([size, sum(p.numel() for p in runs.load_checkpoint(checkpoints[0][1])[0].parameters()),
+                          f"{3 * cfg_flops(cfg, task) * settings['batch_size'] / 1e9:.3f}", rate, bound, f"{rate / bound:.0%}"])
+        for r in results:
+            d, b = (r["devinterp cores=1"] if r["devinterp cores=1"]["wall"] <= r["devinterp cores=2"]["wall"]
+                    else r["devinterp cores=2"]), r["llcgrok batched"]
+            se = math.sqrt(np.var(d["per_chain"], ddof=1) / len(d["per_chain"]) + np.var(b["per_chain"], ddof=1) / len(b["per_chain"]))
+            agree_rows.append([size, r["checkpoint"], d["mean"], b["mean"], (b["mean"] - d["mean"]) / se if se > 0 else float("nan")])
+        cost[size] = (cfg, task, settings, checkpoints, best_dev, chain_steps)
+        print(f"  {size}: done ({note})", flush=True)
+    print(f"\nseconds per checkpoint, {args.chains or 4} chains x {args.draws or 200} draws, batch {args.batch}, no burn-in "
+          "(speed-up = the faster of devinterp's cores=1 and cores=2, over this path; per round, median)")
+    print(common.table(["size", "path", "median s/checkpoint", "speed-up vs devinterp", "range", "chain-steps/s", "rounds"], speed_rows))
+    print("\nbatched chain-steps per second against the FLOP-bound limit (lean model; 3 x forward FLOPs per example x batch)")
+    print(common.table(["size", "params", "GFLOP/chain-step", "batched chain-steps/s", "FLOP-bound chain-steps/s", "share"], flop_rows))
+    print("\nagreement, devinterp (faster path) vs batched, same full-data L_n(w*), independent chains")
+    print(common.table(["size", "step", "devinterp llc", "batched llc", "diff / s.e."], agree_rows))
+    certified_table(args, cost)
+
+
+def cfg_flops(cfg, task) -> int:
+    from llcgrok.model import flops_per_example
+
+    return flops_per_example(cfg.model, task.num_classes, task.seq_len)
+
+
+def certified_table(args, cost: dict) -> None:
+    """The certified setting per checkpoint: batched measured, devinterp extrapolated from
+    its seconds per chain-step above (its cost is linear in the steps)."""
+    rows = []
+    steps = args.certified_chains * (args.certified_draws + args.certified_burnin)
+    for size, (cfg, task, settings, checkpoints, best_dev, chain_steps) in cost.items():
+        st = dict(settings, num_chains=args.certified_chains, num_draws=args.certified_draws)
+        walls = []
+        for _, path in checkpoints:
+            t = time.perf_counter()
+            llcgrok_estimate(path, task, st, cores=1, sampler="batched", burnin=args.certified_burnin)
+            walls.append(time.perf_counter() - t)
+        dev = common.median(best_dev) / chain_steps * steps
+        rows.append([size, common.median(walls), dev, dev / common.median(walls)])
+    print(f"\ncertified setting per checkpoint: {args.certified_chains} chains x {args.certified_draws} draws + "
+          f"{args.certified_burnin} burn-in steps, batch {args.batch}")
+    print(common.table(["size", "batched s/checkpoint (measured)", "devinterp s/checkpoint (extrapolated)", "speed-up"], rows))
+
+
+def main_job_table(args) -> None:
+    """The LLC part of the main job (params/quick.yaml, 6 architectures x 2 seeds) at the
+    certified setting: batched seconds per checkpoint measured per architecture, times the
+    checkpoints each run keeps."""
+    from llcgrok.config import load_params
+    from llcgrok.train import checkpoint_steps
+
+    params = load_params(Path(__file__).resolve().parent.parent / "params" / "quick.yaml")
+    seeds = len(params.grid.seeds or [0])
+    root = Path(tempfile.mkdtemp(prefix="bench_mainjob_"))
+    rows, total = [], 0.0
+    for size, shape in QUICK_SIZES.items():
+        cfg, checkpoints = _short_run(shape, args.train_steps, root)
+        task = make_task(cfg.task, seed=cfg.train.seed)
+        st = {"epsilon": args.epsilon, "nbeta": 100.0, "localization": args.localization, "num_chains": args.certified_chains,
+              "num_draws": args.certified_draws, "batch_size": args.batch, "seed": 0}
+        t = time.perf_counter()
+        llcgrok_estimate(checkpoints[-1][1], task, st, cores=1, sampler="batched", burnin=args.certified_burnin)
+        per = time.perf_counter() - t
+        n_ckpt = len(checkpoint_steps(params.base.train))
+        total += per * n_ckpt * seeds
+        rows.append([size, per, n_ckpt, per * n_ckpt * seeds])
+    print(f"\nmain job, LLC trajectories at the certified setting ({args.certified_chains} x {args.certified_draws} + "
+          f"{args.certified_burnin} burn-in): {seeds} seeds x the checkpoints of params/quick.yaml's schedule")
+    print(common.table(["size", "batched s/checkpoint", "checkpoints per run", f"s for {seeds} seeds"], rows))
+    print(f"total: {total / 60:.1f} min (trajectories only; calibration adds its points at the same cost per point)")
+
+
+def profile_batched(args) -> None:
+    """Where the batched step's time goes (1x64): the vmapped forward + backward alone, the
+    update + MALA alone, noise and batches, and torch's operator profile of whole steps."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from llcgrok import sgld_batched
+    from llcgrok._devinterp import ChainSpec
+    from llcgrok.llc import chain_seeds, make_evaluate
+
+    cfg, checkpoints = _short_run(SAMPLER_SIZES[args.sizes[0]], args.train_steps, Path(tempfile.mkdtemp(prefix="bench_prof_")))
+    task = make_task(cfg.task, seed=cfg.train.seed)
+    model, _ = runs.load_checkpoint(checkpoints[-1][1])
+    from torch.utils.data import TensorDataset
+
+    data = TensorDataset(task.train_inputs, task.train_targets)
+    n = len(data)
+    specs = [ChainSpec(epsilon=args.epsilon, nbeta=n / math.log(n), localization=args.localization, num_draws=200,
+                       num_burnin_steps=0, batch_size=args.batch, seed=s) for s in chain_seeds(0, args.chains or 4)]
+    model.train()
+    run = sgld_batched._Run([model] * len(specs), data, make_evaluate("ce"), specs, specs[0], torch.device("cpu"))
+    batch = run.batches(0)
+    noise = sgld_batched.draw_noise(run.generators, 1, run.weights.size, run.weights.dtype, torch.device("cpu"))[:, 0]
+    run._step(0, noise)  # allocates the traces
+
+    def per_call(fn, reps=50):
+        fn()
+        t = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        return (time.perf_counter() - t) / reps * 1e3
+
+    loss, grad = run.loss_grad(batch)
+    parts = [
+        ["batch gather (all chains)", per_call(lambda: run.batches(5))],
+        ["noise, per step (block draw / steps)", per_call(lambda: sgld_batched.draw_noise(run.generators, 50, run.weights.size, run.weights.dtype, "cpu"), 5) / 50],
+        ["vmapped forward + backward", per_call(lambda: run.loss_grad(batch))],
+        ["update + MALA", per_call(lambda: _update_only(run, grad.clone(), loss, noise))],
+        ["whole step", per_call(lambda: run._step(5, noise))],
+    ]
+    print(f"\nbatched step, {args.sizes[0]}, {len(specs)} chains, batch {args.batch} (ms per step, all chains)")
+    print(common.table(["part", "ms"], parts))
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for i in range(30):
+            run._step(5 + i, noise)
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=18))
+
+
+def _update_only(run, grad, loss, noise) -> None:
+    import torch
+
+    with torch.no_grad():
+        drift, local = run.update.drift(run.weights.w, run.weights.centre, grad)
+        run._record_mala(5, run.weights.w, drift, loss * run.spec.nbeta + local, loss)
+        run.update.apply(run.weights.w, drift, noise)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
@@ -158,7 +399,28 @@ def main(argv=None) -> None:
     parser.add_argument("--no-ablation", action="store_true", help="skip llcgrok with cores=1")
     parser.add_argument("--explain", action="store_true",
                         help="also take the difference apart on two checkpoints (8 chains each, ~4 min more)")
+    parser.add_argument("--samplers", action="store_true",
+                        help="the batched sampler against devinterp per size, its FLOP-bound share, the certified setting")
+    parser.add_argument("--sizes", nargs="+", default=list(SAMPLER_SIZES), choices=list(SAMPLER_SIZES))
+    parser.add_argument("--train-steps", type=int, default=300, help="--samplers: updates of each size's short run")
+    parser.add_argument("--rounds", type=int, default=2, help="--samplers: quiet rounds per size (checkpoints alternate)")
+    parser.add_argument("--batch", type=int, default=256, help="--samplers: SGLD batch size")
+    parser.add_argument("--certified-chains", type=int, default=4)
+    parser.add_argument("--certified-draws", type=int, default=1000)
+    parser.add_argument("--certified-burnin", type=int, default=500)
+    parser.add_argument("--main-job", action="store_true", help="--samplers: also the certified LLC cost of params/quick.yaml")
+    parser.add_argument("--profile", action="store_true", help="where the batched step's time goes (first of --sizes)")
     args = parser.parse_args(argv)
+    if args.samplers or args.profile:
+        print(f"# bench_llc  {common.machine_line()}")
+        print(f"# command: python benchmarks/bench_llc.py {' '.join(sys.argv[1:])}".rstrip())
+        if args.profile:
+            profile_batched(args)
+        if args.samplers:
+            sampler_table(args)
+        if args.main_job:
+            main_job_table(args)
+        return
     num_ckpt = args.checkpoints or (10 if args.quick else 12)
     chains = args.chains or (2 if args.quick else 4)
     draws = args.draws or (100 if args.quick else 150)
@@ -248,7 +510,8 @@ def main(argv=None) -> None:
     from llcgrok.trajectory import run_trajectory
 
     llc_cfg = LLCConfig(epsilon=settings["epsilon"], nbeta=settings["nbeta"], localization=settings["localization"],
-                        num_chains=chains, num_draws=draws, batch_size=512, seed=0, cores=2, device="cpu", calibrate=False)
+                        num_chains=chains, num_draws=draws, num_burnin_steps=0, batch_size=512, seed=0, cores=2, device="cpu",
+                        calibrate=False)
     (run_dir / "llc.csv").unlink(missing_ok=True)
     t = time.perf_counter()
     frame = run_trajectory(run_dir, llc_cfg, calibrate=False, quiet=True)

@@ -165,7 +165,7 @@ class _Sweep:
 
 def _rung(sweep: _Sweep, gamma: float, nbeta: float, steps: Sequence[float], bar) -> tuple[list, dict]:
     """Estimates at one gamma, from the largest step down, until two successive healthy
-    steps agree (the larger is then step-converged, and smaller steps would only cost)."""
+    steps agree (the smaller is then step-converged, and smaller steps would only cost)."""
     rows, estimates, previous, unhealthy_run = [], {}, None, 0
     for epsilon in sorted(steps, reverse=True):
         row, est = sweep.point(gamma, epsilon, nbeta)
@@ -226,6 +226,16 @@ def _walk_ladder(sweep: _Sweep, gammas: list, nbeta: float, step_fractions, epsi
     return rows, estimates
 
 
+def _ladder_of(localizations, localization, epsilons) -> list[float]:
+    """The gammas to walk, largest first (``localization`` alone: a ladder of one)."""
+    gammas = sorted({float(g) for g in (localizations or ([localization] if localization is not None else DEFAULT_LADDER))}, reverse=True)
+    if any(not math.isfinite(g) or g < 0 for g in gammas):
+        raise ValueError(f"localizations must be finite and >= 0, got {gammas}")
+    if epsilons is not None and not len(epsilons):
+        raise ValueError("calibrate needs at least one epsilon")
+    return gammas
+
+
 def calibrate(
     model,
     data: DataSpec,
@@ -253,53 +263,48 @@ def calibrate(
     """Walk the localization ladder (``localizations``, largest first; ``localization``
     alone is a ladder of one) and recommend a setting by :data:`RULE`.
 
-    At each gamma the steps are ``step_fractions`` / (nbeta h_max + gamma), or the explicit
-    ``epsilons``, tried from large to small until halving agrees. The ladder stops at the
-    first gamma-plateau (certified) or at a rung with no healthy point (smaller gammas
-    only relax more slowly). ``num_burnin_steps=None`` sets each point's burn-in by
+    Steps: ``step_fractions`` / (nbeta h_max + gamma), or the explicit ``epsilons``, large to
+    small until halving agrees (module docstring). ``num_burnin_steps=None`` sets each point's burn-in by
     :func:`burnin_steps` (capped at ``max_burnin_steps``). ``nbetas``: the ladder runs at
     the one nearest ``nbeta_preferred`` (n / log n when None); the others are estimated at
     the chosen gamma and step fraction and give ``recommended["nbeta_slope"]``.
-    ``curvature``: a :class:`~llcgrok.curvature.Curvature` already measured at w*.
-    ``estimator_options`` go to every :func:`~llcgrok.llc.estimate_llc` call.
-    """
-    gammas = sorted({float(g) for g in (localizations or ([localization] if localization is not None else DEFAULT_LADDER))}, reverse=True)
-    if any(not math.isfinite(g) or g < 0 for g in gammas):
-        raise ValueError(f"localizations must be finite and >= 0, got {gammas}")
-    if epsilons is not None and not len(epsilons):
-        raise ValueError("calibrate needs at least one epsilon")
+    ``curvature``: a :class:`~llcgrok.curvature.Curvature` already measured at w*;
+    ``estimator_options`` go to every :func:`~llcgrok.llc.estimate_llc` call."""
+    gammas = _ladder_of(localizations, localization, epsilons)
     dataset = as_dataset(data)
     n = len(dataset)
     preferred = float(nbeta_preferred) if nbeta_preferred else default_nbeta(n)
     all_nbetas = sorted({float(b) for b in (nbetas or [preferred])})
     ladder_nbeta = min(all_nbetas, key=lambda b: abs(math.log(b / preferred)))
     curvature = _curvature_of(model, dataset, loss, curvature, need=True)
-    sweep = _Sweep(model, dataset, loss, int(num_chains), int(num_draws), int(batch_size), int(seed), device, int(cores),
-                   num_burnin_steps, int(max_burnin_steps), mala_band, float(curvature.top_eigenvalue), float(curvature.trace),
-                   estimator_options)
-    bar = tqdm(desc="calibration", unit="point", disable=quiet)
-    rows, estimates = _walk_ladder(sweep, gammas, ladder_nbeta, step_fractions, epsilons, bar)
+    sweep = _Sweep(model, dataset, loss, int(num_chains), int(num_draws), int(batch_size), int(seed), device, int(cores), num_burnin_steps,
+                   int(max_burnin_steps), mala_band, float(curvature.top_eigenvalue), float(curvature.trace), estimator_options)
+    with tqdm(desc="calibration", unit="point", disable=quiet) as bar:
+        rows, estimates = _walk_ladder(sweep, gammas, ladder_nbeta, step_fractions, epsilons, bar)
     rows += _nbeta_rows(sweep, rows, all_nbetas, ladder_nbeta, mala_band, estimates)
-    bar.close()
-    table = _table(rows)
-    recommended, reason, table = recommend(table, mala_band=mala_band, nbeta_preferred=ladder_nbeta)
-    if recommended is not None:
-        chosen = table[table["chosen"]].iloc[0]
-        recommended.update(num_burnin_steps=int(chosen["num_burnin_steps"]), llc_mean=float(chosen["llc_mean"]),
-                           trace_ratio=float(chosen["trace_ratio"]), nbeta_slope=_nbeta_slope(table, chosen))
+    recommended, reason, table = _recommend_with_details(_table(rows), mala_band, ladder_nbeta)
     settings = {
         "localizations": gammas, "step_fractions": [float(c) for c in step_fractions],
         "epsilons": None if epsilons is None else [float(e) for e in epsilons], "nbetas": all_nbetas,
-        "num_chains": int(num_chains), "num_draws": int(num_draws), "num_burnin_steps": num_burnin_steps,
-        "max_burnin_steps": int(max_burnin_steps), "batch_size": int(batch_size), "seed": int(seed),
-        "mala_band": [float(m) for m in mala_band], "num_data": n, "nbeta_preferred": preferred,
-        "h_max": sweep.h_max, "trace_h": sweep.trace_h,
+        "num_burnin_steps": num_burnin_steps, "max_burnin_steps": int(max_burnin_steps), "num_data": n,
+        "num_chains": int(num_chains), "num_draws": int(num_draws), "batch_size": int(batch_size), "seed": int(seed),
+        "mala_band": [float(m) for m in mala_band], "nbeta_preferred": preferred, "h_max": sweep.h_max, "trace_h": sweep.trace_h,
     }
     traces = [e.traces_frame().assign(localization=g) for (g, _, _), e in estimates.items()]
     return Calibration(
         table=table[TABLE_COLUMNS].reset_index(drop=True), recommended=recommended, reason=reason,
         traces=pd.concat(traces, ignore_index=True) if traces else pd.DataFrame(), settings=settings, estimates=estimates,
     )
+
+
+def _recommend_with_details(table: pd.DataFrame, mala_band, nbeta: float) -> tuple[dict | None, str, pd.DataFrame]:
+    """The rule's recommendation, with the chosen point's burn-in, estimate, trace ratio and nbeta-slope."""
+    recommended, reason, table = recommend(table, mala_band=mala_band, nbeta_preferred=nbeta)
+    if recommended is not None:
+        chosen = table[table["chosen"]].iloc[0]
+        recommended.update(num_burnin_steps=int(chosen["num_burnin_steps"]), llc_mean=float(chosen["llc_mean"]),
+                           trace_ratio=float(chosen["trace_ratio"]), nbeta_slope=_nbeta_slope(table, chosen))
+    return recommended, reason, table
 
 
 def _nbeta_rows(sweep: _Sweep, rows: list, nbetas: list, ladder_nbeta: float, mala_band, estimates: dict) -> list:

@@ -101,6 +101,8 @@ def top_eigenvalue(model, dataset: Dataset, evaluate, *, iterations: int = POWER
     estimate = 0.0
     for _ in range(iterations):
         norm = math.sqrt(sum(float((x * x).sum()) for x in v))
+        if not norm > 0:  # H v = 0: a flat point (e.g. a deep linear network at w* = 0)
+            return 0.0
         v = [x / norm for x in v]
         hv = hessian_vector_product(model, dataset, evaluate, v)
         new = float(sum((a * b).sum() for a, b in zip(v, hv)))

@@ -21,9 +21,9 @@ import pandas as pd
 
 RULE_VERSION = 4
 MAX_REL_SE = 0.25  # standard error over the chains above this fraction of the estimate: too noisy to use
-# |log(llc(eps) / llc(eps/2))| within this (or 2 s.e.): step-converged. The SGLD bias is about
-# linear in epsilon (on a quadratic, stationary variance 1 / (nbeta h (1 - epsilon nbeta h / 4))),
-# so a 5 % change on halving means about 10 % bias left at the larger step.
+# |log(llc(eps) / llc(eps/2))| within this (or 2 s.e.): the half step is step-converged. The
+# SGLD bias is about linear in epsilon (on a quadratic, stationary variance
+# 1 / (nbeta h (1 - epsilon nbeta h / 4))), so a 5 % change on halving leaves about 5 % at eps/2.
 HALVING_TOL = 0.05
 GAMMA_TOL = 0.12  # |log change| per decade of gamma within this: the estimate has stopped changing
 TRACE_RATIO_MAX = 0.5  # llc / (nbeta tr(H) / 2 gamma) above this: localization-dominated
@@ -43,9 +43,9 @@ twice its error), the chains agree (split R-hat <= 1.1), the standard error over
 {MAX_REL_SE:.0%} of the estimate, and the mean MALA acceptance lies in the band. (Draws below
 L_n(w*) are reported, not rejected: minibatch noise puts many there without biasing the mean.) Step: epsilon = c / (nbeta * h_max + gamma)
 for step fractions c, h_max the largest Hessian eigenvalue at w*; at each gamma the chosen
-epsilon is the largest healthy one whose half-step neighbour is healthy and within
-{HALVING_TOL:.0%} (or two standard errors): the bias of the step, about linear in epsilon, is then
-about {2 * HALVING_TOL:.0%} or less.
+epsilon is the half step of the largest pair (epsilon, epsilon / 2), both healthy, that agrees
+within {HALVING_TOL:.0%} (or two standard errors): the bias of the step, about linear in epsilon, is
+then about {HALVING_TOL:.0%} or less at the half step.
 Localization: walking the ladder downwards, the first gamma whose step-converged estimate
 differs from the previous (larger) gamma's by at most {GAMMA_TOL:.0%} per decade (|log ratio| per
 decade) is chosen and the setting is certified, regime "llc". Without such a gamma-plateau the
@@ -114,7 +114,8 @@ def _half_step_neighbour(group: pd.DataFrame, epsilon: float):
 
 
 def mark_step_convergence(table: pd.DataFrame) -> pd.DataFrame:
-    """Adds ``halving_change`` (|log llc(eps)/llc(eps/2)|) and ``step_converged``."""
+    """Adds ``halving_change`` (|log llc(2 eps)/llc(eps)|, on the smaller step of each pair)
+    and ``step_converged`` (that pair agrees)."""
     table = table.copy()
     change = np.full(len(table), np.inf)
     converged = np.zeros(len(table), dtype=bool)
@@ -124,8 +125,10 @@ def mark_step_convergence(table: pd.DataFrame) -> pd.DataFrame:
             if not row["healthy"] or half is None or not half["healthy"]:
                 continue
             ok, value = agree(row, half, HALVING_TOL)
-            pos = table.index.get_loc(index)
-            change[pos], converged[pos] = value, ok
+            # The half step is the one kept: its bias is about half the pair's difference
+            # (the bias is about linear in epsilon), the larger step's about all of it.
+            pos = table.index.get_loc(half.name)
+            change[pos], converged[pos] = value, ok or converged[pos]
     table["halving_change"] = change
     table["step_converged"] = converged
     return table

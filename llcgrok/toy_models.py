@@ -96,7 +96,9 @@ def _orthogonal_noise(x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     exactly: w* is the minimiser of L_n, as the least-squares fit is in the regression
     test. Without it the noise's fit by nearby parameters lowers the estimate by about
     lambda / log n on average (the regular case: nbeta (L_n(w_hat) - L_n(w*)) =
-    -beta chi^2_d / 2), and makes it depend on the data seed.
+    -beta chi^2_d / 2), and makes it depend on the data seed. Measured on 4-3-8 rank 0,
+    n 300 (tests/test_known_lambda_estimates.py settings), seeds 0-3: 6.22, 5.85, 6.00,
+    5.90 with it; 4.98, 5.31, 5.35, 4.33 without (lambda 6, lambda / log n = 1.05).
     """
     x64, e64 = x.double(), noise.double()
     coef = torch.linalg.lstsq(x64, e64).solution

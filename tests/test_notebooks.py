@@ -199,7 +199,8 @@ def test_colab_quickstart_defaults_are_the_quick_run_at_the_quick_nbeta(repo_roo
     cfg = notebook.config_from_parameters(fallback=parameters["quickstart"])
     quick = resolve_run(load_params(repo_root / "params" / "quick.yaml"))
     assert (cfg.task, cfg.model) == (quick.task, quick.model)
-    assert cfg.llc.nbeta == quick.llc.nbeta == 100 and cfg.llc.calibration.nbetas in (None, [100.0])
+    assert cfg.llc.nbeta == quick.llc.nbeta == 556.3 and cfg.llc.calibration.nbetas in (None, [556.3])
+    assert cfg.llc.localization == quick.llc.localization and cfg.llc.calibration.localizations == quick.llc.calibration.localizations
 
 
 def test_colab_quickstart_runs_without_installing(tmp_path, repo_root):

@@ -109,6 +109,11 @@ def test_packaging_metadata_matches_the_readme(repo_root):
     assert ">=77" in backend and "<" in backend  # 77: license expressions; bounded above
     requirements = (repo_root / "requirements.txt").read_text()
     assert "--index-url https://download.pytorch.org/whl/cpu" in requirements
+    # every data file the package reads goes into a wheel (and a pip install from a git URL)
+    patterns = meta["tool"]["setuptools"]["package-data"]["llcgrok"]
+    package = repo_root / "llcgrok"
+    data = [f for f in package.rglob("*") if f.is_file() and f.suffix not in (".py", ".pyc")]
+    assert all(any(f.relative_to(package).match(pattern) for pattern in patterns) for f in data), data
 
 
 def test_readme_command_table_lists_every_flag(repo_root):
