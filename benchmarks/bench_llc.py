@@ -209,11 +209,14 @@ def _sampler_paths(task, settings, inits: dict) -> dict:
         "devinterp cores=2": lambda p: _devinterp_2(p, task, settings, inits[p]),
         "llcgrok devinterp loop, cores=2": lambda p: llcgrok_estimate(p, task, settings, cores=2, sampler="devinterp"),
         "llcgrok batched": lambda p: llcgrok_estimate(p, task, settings, cores=1, sampler="batched"),
+        "llcgrok batched, cores=2": lambda p: llcgrok_estimate(p, task, settings, cores=2, sampler="batched"),
     }
 
 
-def _round(paths: dict, checkpoints, attempt: int) -> dict:
-    """Every path once on one checkpoint, in alternating order."""
+def _round(paths: dict, checkpoints, attempt: int, patience: float) -> dict:
+    """Every path once on one checkpoint, in alternating order, after waiting (at most
+    ``patience`` seconds) for the other processes of a shared machine to go quiet."""
+    common.wait_for_quiet(max_wait=patience)
     path = checkpoints[attempt % len(checkpoints)][1]
     names = list(paths) if attempt % 2 == 0 else list(paths)[::-1]
     out = {"checkpoint": checkpoints[attempt % len(checkpoints)][0]}
@@ -234,8 +237,9 @@ def _flop_bound(cfg, task, batch: int, peak: float) -> float:
 def sampler_table(args) -> None:
     import torch
 
-    peak = common.measured_matmul_peak()
-    print(f"measured matmul peak (2048^3 fp32, {torch.get_num_threads()} threads): {peak:.0f} GFLOP/s\n")
+    common.wait_for_quiet(max_wait=args.patience)
+    peak = max(common.measured_matmul_peak() for _ in range(3))
+    print(f"measured matmul peak (2048^3 fp32, {torch.get_num_threads()} threads, best of 3): {peak:.0f} GFLOP/s\n")
     root = Path(tempfile.mkdtemp(prefix="bench_samplers_"))
     speed_rows, flop_rows, agree_rows, cost = [], [], [], {}
     for size in args.sizes:
@@ -246,7 +250,7 @@ def sampler_table(args) -> None:
                     "num_chains": args.chains or 4, "num_draws": args.draws or 200, "batch_size": args.batch, "seed": 0}
         inits = {p: _full_init(p, task) for _, p in checkpoints}
         paths = _sampler_paths(task, settings, inits)
-        results, note = common.quiet_rounds(lambda a: _round(paths, checkpoints, a), args.rounds)
+        results, note = common.quiet_rounds(lambda a: _round(paths, checkpoints, a, args.patience), args.rounds, extra=2 * args.rounds)
         chain_steps = settings["num_chains"] * settings["num_draws"]
         best_dev = [min(r["devinterp cores=1"]["wall"], r["devinterp cores=2"]["wall"]) for r in results]
         for name in paths:
@@ -288,16 +292,20 @@ def certified_table(args, cost: dict) -> None:
     steps = args.certified_chains * (args.certified_draws + args.certified_burnin)
     for size, (cfg, task, settings, checkpoints, best_dev, chain_steps) in cost.items():
         st = dict(settings, num_chains=args.certified_chains, num_draws=args.certified_draws)
-        walls = []
+        walls, others = [], []
         for _, path in checkpoints:
-            t = time.perf_counter()
-            llcgrok_estimate(path, task, st, cores=1, sampler="batched", burnin=args.certified_burnin)
-            walls.append(time.perf_counter() - t)
+            common.wait_for_quiet(max_wait=args.patience)
+            with common.Foreign() as meter:
+                t = time.perf_counter()
+                llcgrok_estimate(path, task, st, cores=1, sampler="batched", burnin=args.certified_burnin)
+                walls.append(time.perf_counter() - t)
+            others.append(meter.cores)
         dev = common.median(best_dev) / chain_steps * steps
-        rows.append([size, common.median(walls), dev, dev / common.median(walls)])
+        rows.append([size, common.median(walls), dev, dev / common.median(walls), max(others)])
     print(f"\ncertified setting per checkpoint: {args.certified_chains} chains x {args.certified_draws} draws + "
           f"{args.certified_burnin} burn-in steps, batch {args.batch}")
-    print(common.table(["size", "batched s/checkpoint (measured)", "devinterp s/checkpoint (extrapolated)", "speed-up"], rows))
+    print(common.table(["size", "batched s/checkpoint (measured)", "devinterp s/checkpoint (extrapolated)", "speed-up",
+                        "others' cores (max)"], rows))
 
 
 def main_job_table(args) -> None:
@@ -316,15 +324,17 @@ def main_job_table(args) -> None:
         task = make_task(cfg.task, seed=cfg.train.seed)
         st = {"epsilon": args.epsilon, "nbeta": 100.0, "localization": args.localization, "num_chains": args.certified_chains,
               "num_draws": args.certified_draws, "batch_size": args.batch, "seed": 0}
-        t = time.perf_counter()
-        llcgrok_estimate(checkpoints[-1][1], task, st, cores=1, sampler="batched", burnin=args.certified_burnin)
-        per = time.perf_counter() - t
+        common.wait_for_quiet(max_wait=args.patience)
+        with common.Foreign() as meter:
+            t = time.perf_counter()
+            llcgrok_estimate(checkpoints[-1][1], task, st, cores=1, sampler="batched", burnin=args.certified_burnin)
+            per = time.perf_counter() - t
         n_ckpt = len(checkpoint_steps(params.base.train))
         total += per * n_ckpt * seeds
-        rows.append([size, per, n_ckpt, per * n_ckpt * seeds])
+        rows.append([size, per, n_ckpt, per * n_ckpt * seeds, meter.cores])
     print(f"\nmain job, LLC trajectories at the certified setting ({args.certified_chains} x {args.certified_draws} + "
           f"{args.certified_burnin} burn-in): {seeds} seeds x the checkpoints of params/quick.yaml's schedule")
-    print(common.table(["size", "batched s/checkpoint", "checkpoints per run", f"s for {seeds} seeds"], rows))
+    print(common.table(["size", "batched s/checkpoint", "checkpoints per run", f"s for {seeds} seeds", "others' cores"], rows))
     print(f"total: {total / 60:.1f} min (trajectories only; calibration adds its points at the same cost per point)")
 
 
@@ -405,6 +415,7 @@ def main(argv=None) -> None:
     parser.add_argument("--train-steps", type=int, default=300, help="--samplers: updates of each size's short run")
     parser.add_argument("--rounds", type=int, default=2, help="--samplers: quiet rounds per size (checkpoints alternate)")
     parser.add_argument("--batch", type=int, default=256, help="--samplers: SGLD batch size")
+    parser.add_argument("--patience", type=float, default=600, help="--samplers: seconds to wait for a quiet machine per round")
     parser.add_argument("--certified-chains", type=int, default=4)
     parser.add_argument("--certified-draws", type=int, default=1000)
     parser.add_argument("--certified-burnin", type=int, default=500)

@@ -129,15 +129,33 @@ def _busy_cpu_seconds() -> float | None:
     return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
+def _live_children_cpu() -> dict:
+    """CPU seconds of this process's live child processes (a worker pool that outlives one
+    call is not in os.times()'s reaped-children figures), by pid."""
+    out, me, tick = {}, os.getpid(), os.sysconf("SC_CLK_TCK")
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == me:  # ppid
+            out[int(entry)] = (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+    return out
+
+
 class Foreign:
     """Measures how much CPU *other* processes used during a block: the machine's busy CPU
-    time minus this process's (and its children's). On a shared machine this says which
-    timings were taken while someone else was computing."""
+    time minus this process's (and its children's, live worker pools included). On a shared
+    machine this says which timings were taken while someone else was computing."""
 
     def __enter__(self):
         self._busy = _busy_cpu_seconds()
         t = os.times()
         self._own = t.user + t.system + t.children_user + t.children_system
+        self._children = _live_children_cpu()
         self._wall = time.perf_counter()
         return self
 
@@ -145,12 +163,26 @@ class Foreign:
         wall = time.perf_counter() - self._wall
         busy = _busy_cpu_seconds()
         t = os.times()
-        own = t.user + t.system + t.children_user + t.children_system - self._own
+        children = _live_children_cpu()
+        live = sum(cpu - self._children.get(pid, 0.0) for pid, cpu in children.items())
+        own = t.user + t.system + t.children_user + t.children_system - self._own + live
         if busy is None or self._busy is None or wall <= 0:
             self.cores = float("nan")
         else:
             self.cores = max(0.0, (busy - self._busy - own) / wall)  # other processes' average busy cores
         return False
+
+
+def wait_for_quiet(limit: float = 0.25, seconds: float = 3.0, max_wait: float = 600.0) -> float:
+    """Wait until other processes have used less than ``limit`` cores over ``seconds``, at
+    most ``max_wait`` seconds; returns the seconds waited."""
+    start = time.perf_counter()
+    while time.perf_counter() - start < max_wait:
+        with Foreign() as meter:
+            time.sleep(seconds)
+        if meter.cores < limit:
+            break
+    return time.perf_counter() - start
 
 
 def quiet_rounds(fn, rounds: int, limit: float = 0.25, extra: int | None = None, wait_s: float = 5.0):

@@ -86,7 +86,9 @@ def cmd_llc(args) -> int:
     run_dir = Path(args.run_dir)
     llc_cfg = _llc_config(run_dir, _overrides(args.set))
     table = run_trajectory(run_dir, llc_cfg, calibrate=args.calibrate, quiet=args.quiet)
-    print(f"{run_dir}: {len(table)} checkpoints estimated -> {run_dir / 'llc.csv'}")
+    regimes = table["regime"].fillna("curvature").value_counts().to_dict() if "regime" in table else {}
+    label = ", ".join(f"{n} {r}" for r, n in sorted(regimes.items()))
+    print(f"{run_dir}: {len(table)} checkpoints estimated ({label or 'no regime recorded'}) -> {run_dir / 'llc.csv'}")
     return 0
 
 
@@ -99,7 +101,8 @@ def cmd_calibrate(args) -> int:
         print(f"{run_dir}: no sampler setting qualified: {result.reason}")
         return EXIT_FAILED
     rec = result.recommended
-    print(f"{run_dir}: recommended epsilon={rec['epsilon']:g} nbeta={rec['nbeta']:g} -> {run_dir / 'calibration.csv'}")
+    print(f"{run_dir}: recommended epsilon={rec['epsilon']:g} nbeta={rec['nbeta']:g} localization={rec.get('localization')} "
+          f"(regime {rec.get('regime', 'curvature')}) -> {run_dir / 'calibration.csv'}")
     return 0
 
 

@@ -21,7 +21,10 @@ Choices, and why:
   value a local learning coefficient can take, d/2, for d parameters) is reported in
   ``diagnostics`` and left out of ``mean``; if every chain fails, :class:`AllChainsFailed`
   says which settings to lower.
-* Chains run in parallel processes when ``cores > 1`` (CPU): a persistent pool, one
+* By default (``sampler="auto"``) all chains run as one batched computation
+  (:mod:`llcgrok.sgld_batched`, the same update as devinterp's, tested step for step
+  against it); ``sampler="devinterp"`` runs devinterp's own loop, chain after chain.
+* devinterp's loop runs in parallel processes when ``cores > 1`` (CPU): a persistent pool, one
   torch thread per process, the model sent by cloudpickle (so a model class defined in
   a notebook works). Each chain's numbers depend only on its seed, not on ``cores``.
   In a script, guard the entry point with ``if __name__ == "__main__":`` (spawned worker
@@ -539,7 +542,7 @@ def _sample(work, dataset, evaluate, specs, cores: int, quiet: bool, path: str, 
     "batched" was asked for explicitly."""
     if path == "batched":
         try:
-            return sgld_batched.sample_chains(work, dataset, evaluate, specs), "batched"
+            return _run_batched(work, dataset, evaluate, specs, cores), "batched"
         except sgld_batched.BatchingUnsupported as exc:
             if requested == "batched":
                 raise LLCError(f"sampler='batched' cannot run this model: {exc}; use sampler='auto' or 'devinterp'") from exc
@@ -548,6 +551,29 @@ def _sample(work, dataset, evaluate, specs, cores: int, quiet: bool, path: str, 
                 warnings.warn(f"the batched SGLD sampler cannot run this model ({exc}); using devinterp's loop",
                               RuntimeWarning, stacklevel=4)
     return _run_chains(work, dataset, evaluate, specs, cores, quiet), "devinterp"
+
+
+def _run_batched(model, data, evaluate, specs, cores: int) -> list:
+    """The batched sampler; with ``cores > 1``, the chains split between that many worker
+    processes (one torch thread each), each running its share as one batched computation.
+    A chain's numbers depend on its seed, not on the split."""
+    if cores > 1 and _main_unimportable() is not None:
+        cores = 1  # _run_chains explains why when the fallback gets there; batched chains just run here
+    if cores == 1:
+        return sgld_batched.sample_chains(model, data, evaluate, specs)
+    groups = [list(range(len(specs)))[i::cores] for i in range(cores)]
+    payload = _devinterp.pack_job(model, data, evaluate)
+    pool = _get_pool(cores)
+    try:
+        futures = [pool.submit(sgld_batched.run_payload, payload, [specs[i] for i in group]) for group in groups]
+        results: list = [None] * len(specs)
+        for group, future in zip(groups, futures):
+            for i, result in zip(group, future.result()):
+                results[i] = result
+        return results
+    except BrokenProcessPool:
+        shutdown_workers()
+        raise LLCError("a chain worker process died (out of memory?); try cores=1") from None
 
 
 def chain_seeds(seed: int, num_chains: int) -> list[int]:

@@ -1,13 +1,11 @@
 """Many SGLD chains advanced as one computation: the batched sampler.
 
 devinterp's loop (``_devinterp.sample_chain``, the reference path) runs one chain at a time
-and pays, at every step, a DataLoader batch, a Python loop over the parameters in the
-optimizer, a callback loop, clones for MALA and a ``float(loss)``. This module runs C
-chains together: the C weight vectors are one ``(C, D)`` tensor, the loss of every chain
-on its own minibatch is one ``vmap`` of ``torch.func.functional_call`` over that tensor
-(so any ``evaluate(model, batch)`` works unchanged), one backward pass gives every
-chain's gradient, and the update is a handful of elementwise operations on ``(C, D)``.
-Losses and acceptance rates stay on the device and are copied once at the end.
+and pays, every step, a DataLoader batch, a Python loop over parameters, callbacks, MALA
+clones and a ``float(loss)``. Here the C chains' weights are one ``(C, D)`` tensor, every
+chain's minibatch loss is one ``vmap`` of ``torch.func.functional_call`` (any
+``evaluate(model, batch)`` works unchanged), one backward pass gives every gradient, the
+update is a few elementwise operations, and the traces stay on the device until the end.
 
 What it reproduces of devinterp 1.3.2, so that both paths sample the same chain:
 
@@ -21,11 +19,11 @@ What it reproduces of devinterp 1.3.2, so that both paths sample the same chain:
   so they are the batches the reference path sees;
 * MALA: ``MalaAcceptanceRate``'s formula (drift as devinterp stores it, proposal variance
   epsilon, potential ``nbeta * loss + gamma/2 |w - w*|^2``), for the move into draw k >= 2;
-* a chain stops at its first draw whose loss is not finite: that draw and all later ones are NaN.
+* a chain stops at its first draw whose loss is not finite (the rest of its trace is NaN).
 
-The noise is each chain's own stream (a generator seeded with the chain's seed), not
-devinterp's global one, so the two paths agree statistically, not bit for bit; fed the
-same noise (tests/test_sgld_batched.py) they agree step for step to float rounding.
+Each chain's noise is its own generator's (seeded with its seed), not devinterp's global
+stream: the paths agree statistically; fed the same noise they agree step for step to
+float rounding (tests/test_sgld_batched.py).
 
 What it cannot batch raises :class:`BatchingUnsupported` before the first step, and
 ``llc.estimate_llc`` then falls back to the reference path: a parameter without
@@ -36,7 +34,6 @@ forward pass, a non-scalar loss, or a functional forward that does not reproduce
 
 from __future__ import annotations
 
-import contextlib
 import time
 import warnings
 from typing import Callable, Sequence
@@ -44,6 +41,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 from torch.func import functional_call, vmap
+from torch.nn.attention import SDPBackend, sdpa_kernel  # torch >= 2.3 (pyproject: >= 2.4)
 from torch.utils.data import Dataset, TensorDataset
 
 from ._devinterp import ChainResult, ChainSpec, make_loader
@@ -79,13 +77,10 @@ def noise_block(size: int, itemsize: int, steps: int) -> int:
 def _common(specs: Sequence[ChainSpec]) -> ChainSpec:
     """The settings every chain shares (all but the seed). Equal hyperparameters keep every
     update a scalar operation, the same operations devinterp applies."""
-    if not specs:
-        raise ValueError("sample_chains needs at least one chain")
     first = specs[0]
-    for spec in specs[1:]:
-        for name in ("epsilon", "nbeta", "localization", "num_draws", "num_burnin_steps", "batch_size", "device", "mala", "method"):
-            if getattr(spec, name) != getattr(first, name):
-                raise ValueError(f"batched chains must share {name}: {getattr(first, name)!r} vs {getattr(spec, name)!r}")
+    for name in ("epsilon", "nbeta", "localization", "num_draws", "num_burnin_steps", "batch_size", "device", "mala", "method"):
+        if any(getattr(spec, name) != getattr(first, name) for spec in specs):
+            raise ValueError(f"batched chains must share {name}")
     if first.method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {first.method!r}")
     return first
@@ -158,19 +153,16 @@ class _LoaderBatches:
     """Any other Dataset: each chain's own ``make_loader``, cycled, batches stacked per step."""
 
     def __init__(self, data: Dataset, specs: Sequence[ChainSpec], device: torch.device):
-        self.loaders = [make_loader(data, spec.batch_size, spec.seed) for spec in specs]
-        self.iters = [iter(loader) for loader in self.loaders]
+        self.iters = [self._cycle(make_loader(data, spec.batch_size, spec.seed)) for spec in specs]
         self.device = device
 
-    def _next(self, c: int):
-        try:
-            return next(self.iters[c])
-        except StopIteration:
-            self.iters[c] = iter(self.loaders[c])
-            return next(self.iters[c])
+    @staticmethod
+    def _cycle(loader):  # devinterp.utils.cycle: the same loader again, reshuffled
+        while True:
+            yield from loader
 
     def __call__(self, step: int) -> list:
-        batches = [self._next(c) for c in range(len(self.loaders))]
+        batches = [next(it) for it in self.iters]
         if not all(isinstance(b, (list, tuple)) and all(isinstance(t, torch.Tensor) for t in b) for b in batches):
             raise BatchingUnsupported("batches must be lists or tuples of tensors")
         return [torch.stack(parts).to(self.device) for parts in zip(*batches)]
@@ -192,16 +184,6 @@ class _Evaluate(torch.nn.Module):
         return self.evaluate(self.model, batch)
 
 
-def _math_attention():
-    # torch's fused CPU attention kernel has no vmap rule (vmap loops over the chains);
-    # the math path is matmuls and a softmax, which vmap batches (measured faster here).
-    try:
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-    except ImportError:  # pragma: no cover - torch < 2.3
-        return contextlib.nullcontext()
-    return sdpa_kernel([SDPBackend.MATH])
-
-
 class _LossGrad:
     """Every chain's minibatch loss and gradient in one vmapped forward and one backward."""
 
@@ -216,7 +198,9 @@ class _LossGrad:
         self.weights = weights
 
     def __call__(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
-        with _math_attention():
+        # torch's fused CPU attention kernel has no vmap rule (vmap would loop over the
+        # chains); the math path is matmuls and a softmax, which vmap batches.
+        with sdpa_kernel([SDPBackend.MATH]):
             losses = self.batched(self.weights.leaves, batch)
         if not isinstance(losses, torch.Tensor) or losses.shape != (self.weights.num_chains,):
             raise BatchingUnsupported("evaluate(model, batch) must return a scalar loss tensor")
@@ -231,9 +215,9 @@ def _probe(loss_grad: _LossGrad, model, evaluate, batch, method: str) -> tuple[t
     kept outside its parameters, in-place buffer updates, random ops) is refused here."""
     try:
         losses, grads = loss_grad(batch)
-    except BatchingUnsupported:
-        raise
     except Exception as exc:  # vmap and functional_call raise many kinds of errors
+        if isinstance(exc, BatchingUnsupported):
+            raise
         raise BatchingUnsupported(f"vmap cannot run this model/loss: {type(exc).__name__}: {exc}") from exc
     params = list(model.parameters())
     ref_loss = evaluate(model, [t[0] for t in batch])
@@ -297,12 +281,6 @@ def _mala(prev: tuple, cur: tuple, eps: float) -> torch.Tensor:
 # --------------------------------------------------------------------------- the sampler
 
 
-def _batches(data: Dataset, specs, steps: int, device):
-    if isinstance(data, TensorDataset):
-        return _IndexBatches(data, specs, steps, device)
-    return _LoaderBatches(data, specs, device)
-
-
 class _Run:
     """State of one batched run: weights, batches, noise, the recorded traces."""
 
@@ -310,16 +288,15 @@ class _Run:
         self.spec, self.device = spec, device
         self.steps = spec.num_burnin_steps + spec.num_draws
         self.weights = _Weights(models, device)
-        self.batches = _batches(data, specs, self.steps, device)
+        tensors = isinstance(data, TensorDataset)
+        self.batches = _IndexBatches(data, specs, self.steps, device) if tensors else _LoaderBatches(data, specs, device)
         self.loss_grad = _LossGrad(models[0], evaluate, self.weights)
         self.model, self.evaluate = models[0], evaluate
         self.update = _Update(spec, self.weights)
         self.generators = [torch.Generator(device=device).manual_seed(int(s.seed) % (2**63)) for s in specs]
-        self.mala_on = spec.mala and spec.num_draws > 2
-        self.prev = None
-        chains = len(specs)
+        self.mala_on, self.prev = spec.mala and spec.num_draws > 2, None
         self.losses = None  # (draws, C), in the loss dtype, allocated at the first step
-        self.acceptance = torch.full((spec.num_draws, chains), float("nan"), dtype=torch.float64, device=device)
+        self.acceptance = torch.full((spec.num_draws, len(specs)), float("nan"), dtype=torch.float64, device=device)
 
     def run(self) -> tuple[np.ndarray, np.ndarray]:
         block = noise_block(self.weights.size, self.weights.w.element_size(), self.steps)
@@ -332,10 +309,7 @@ class _Run:
                     self._step(start + j, noise[:, j])
                 if self._all_failed(start + n):
                     break  # every chain has stopped: the remaining draws stay NaN
-        losses = np.full((self.spec.num_draws, self.weights.num_chains), np.nan)
-        if self.losses is not None:
-            losses = self.losses.double().cpu().numpy()
-        return losses.T.copy(), self.acceptance.cpu().numpy().T.copy()
+        return self.losses.double().cpu().numpy().T.copy(), self.acceptance.cpu().numpy().T.copy()
 
     def _step(self, i: int, noise: torch.Tensor) -> None:
         batch = self.batches(i)
@@ -365,9 +339,7 @@ class _Run:
 
     def _all_failed(self, steps_done: int) -> bool:
         draws = steps_done - self.spec.num_burnin_steps
-        if draws <= 0 or self.losses is None:
-            return False
-        return bool((~torch.isfinite(self.losses[:draws])).any(dim=0).all())
+        return draws > 0 and bool((~torch.isfinite(self.losses[:draws])).any(dim=0).all())
 
 
 def _results(losses: np.ndarray, acceptance: np.ndarray, seconds: float) -> list[ChainResult]:
@@ -382,6 +354,14 @@ def _results(losses: np.ndarray, acceptance: np.ndarray, seconds: float) -> list
             rates[failed_at:] = np.nan
         out.append(ChainResult(trace, rates, failed_at, seconds / len(losses)))
     return out
+
+
+def run_payload(payload: bytes, specs: Sequence[ChainSpec]) -> list[ChainResult]:
+    """Worker-process entry: ``payload`` is ``_devinterp.pack_job(model, data, evaluate)``."""
+    import cloudpickle
+
+    model, data, evaluate = cloudpickle.loads(payload)
+    return sample_chains(model, data, evaluate, specs)
 
 
 def sample_chains(
@@ -400,7 +380,11 @@ def sample_chains(
     """
     start = time.perf_counter()
     specs = list(specs)
+    if not specs:
+        raise ValueError("sample_chains needs at least one chain")
     spec = _common(specs)
+    if spec.num_burnin_steps == 0:  # as the reference path warns (devinterp's warning, which is right then)
+        warnings.warn("no burn-in steps: the first draws sit at w* and the estimate is biased low", UserWarning, stacklevel=2)
     models = [models] * len(specs) if isinstance(models, torch.nn.Module) else list(models)
     if len(models) != len(specs):
         raise ValueError(f"{len(models)} models for {len(specs)} chains")

@@ -245,6 +245,15 @@ def _run_notebooks(
     return None
 
 
+def _dask_worker_name() -> str | None:
+    """The Dask worker running this config (None outside one): where a config ran is recorded."""
+    try:
+        from distributed import get_worker  # lazy: Dask is an optional extra
+        return str(get_worker().name)
+    except (ImportError, ValueError):
+        return None
+
+
 def execute_config(
     run_id: str,
     config: dict,
@@ -294,7 +303,7 @@ def execute_config(
                 return {"run_id": run_id, "status": "failed", "error": error, "recorded": True}
             runs.atomic_write_json(work / "status.json", {
                 "status": "complete", "seconds": round(time.time() - started, 1),
-                "host": socket.gethostname(), "threads": threads,
+                "host": socket.gethostname(), "threads": threads, "pid": os.getpid(), "worker": _dask_worker_name(),
             })
         final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(work, final)  # atomic on one filesystem: the config appears whole

@@ -25,8 +25,8 @@ VALID = {
     "model": {"num_layers": 1, "d_model": 16, "num_heads": 2},
     "train": {"num_steps": 30, "batch_size": 64, "eval_batches": 1, "num_checkpoints": 3},
     "llc": {
-        "num_chains": 1, "num_draws": 6, "batch_size": 32, "cores": 1,
-        "calibration": {"epsilons": [1.0e-4, 1.0e-3], "nbetas": [10.0]},
+        "num_chains": 1, "num_draws": 6, "batch_size": 32, "cores": 1, "num_burnin_steps": 5, "curvature_probes": 2,
+        "calibration": {"epsilons": [1.0e-4, 1.0e-3], "nbetas": [10.0], "localizations": [100.0]},
     },
     "grid": {"axes": {"model.num_layers": [1, 2]}, "seeds": [0]},
 }

@@ -6,6 +6,7 @@ finalizer, whatever the test's outcome.
 """
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -18,6 +19,8 @@ import pandas as pd
 import pytest
 
 from test_sweep import write_tiny_study
+
+from llcgrok.sweep import SESSION_FILE
 
 pytestmark = pytest.mark.slow
 
@@ -113,6 +116,11 @@ def test_sweep_on_a_running_scheduler_matches_the_local_sweep(tmp_path, dask_sch
     assert_same_results(reference, out)
     statuses = [(out / "runs" / r / "status.json").read_text() for r in RUN_IDS]
     assert all('"threads": 1' in s for s in statuses)
+    # The configs ran on the workers, not in the sweep's own (client) process.
+    records = [json.loads(s) for s in statuses]
+    client_pid = json.loads((out / SESSION_FILE).read_text())["pid"]
+    assert {r["worker"] for r in records} <= {"worker0", "worker1"} and all(r["worker"] for r in records)
+    assert all(r["pid"] != client_pid for r in records)
 
 
 def test_sweep_on_a_local_cluster_matches_the_local_sweep(tmp_path, local_reference):

@@ -145,8 +145,8 @@ def test_fingerprints_notebook(tmp_path, repo_root):
         "train": {"num_steps": 50, "batch_size": 64, "eval_batches": 1, "num_checkpoints": 3, "fingerprint_every": 5},
         "overrides": ["train.num_steps=60"],  # applied to every config of the study: 13 fingerprints below
         "llc": {
-            "num_chains": 1, "num_draws": 8, "batch_size": 32, "cores": 1,
-            "calibration": {"epsilons": [1.0e-4, 1.0e-3], "nbetas": [10.0]},
+            "num_chains": 1, "num_draws": 8, "batch_size": 32, "cores": 1, "num_burnin_steps": 5, "curvature_probes": 2,
+            "calibration": {"epsilons": [1.0e-4, 1.0e-3], "nbetas": [10.0], "localizations": [100.0]},
         },
         "grid": {},
         "weight_decays": [0.0, 1.0],

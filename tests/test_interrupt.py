@@ -32,8 +32,8 @@ STUDY = {
     "model": {"num_layers": 1, "d_model": 16, "num_heads": 2},
     "train": {"num_steps": 30, "batch_size": 64, "eval_batches": 1, "num_checkpoints": 5},
     "llc": {
-        "num_chains": 1, "num_draws": 150, "batch_size": 32, "cores": 1, "calibrate": True,
-        "calibration": {"epsilons": [1.0e-4, 1.0e-3], "nbetas": [10.0], "num_draws": 6},
+        "num_chains": 1, "num_draws": 150, "batch_size": 32, "cores": 1, "calibrate": True, "num_burnin_steps": 5,
+        "curvature_probes": 2, "calibration": {"epsilons": [1.0e-4, 1.0e-3], "nbetas": [10.0], "localizations": [100.0]},
     },
     # Checkpoints: A at steps 0, 10, 20, 30; B at 0, 10, 40, 170, 720, 3000.
     "grid": {"axes": {"train.num_steps": [30, 3000]}, "seeds": [0]},

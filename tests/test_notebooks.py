@@ -21,8 +21,8 @@ TINY = {
     "model": {"num_layers": 1, "d_model": 16, "num_heads": 2},
     "train": {"num_steps": 40, "batch_size": 64, "eval_batches": 1, "num_checkpoints": 3},
     "llc": {
-        "num_chains": 1, "num_draws": 8, "batch_size": 32, "cores": 1,
-        "calibration": {"epsilons": [1.0e-4, 1.0e-3], "nbetas": [10.0]},
+        "num_chains": 1, "num_draws": 8, "batch_size": 32, "cores": 1, "num_burnin_steps": 5, "curvature_probes": 2,
+        "calibration": {"epsilons": [1.0e-4, 1.0e-3], "nbetas": [10.0], "localizations": [100.0]},
     },
 }
 
@@ -73,8 +73,10 @@ def test_calibrate_notebook(tiny_run):
     out, run_dir = tiny_run
     table = pd.read_csv(run_dir / "calibration.csv")
     assert {"epsilon", "nbeta", "llc_mean", "llc_std", "mala"} <= set(table.columns)
-    assert len(table) == 2
+    # the rule at the final checkpoint and at the tr(H) peak: each a ladder of one gamma, two steps
+    assert set(table["localization"]) == {100.0} and 2 <= len(table) <= 4 and table["step"].nunique() in (1, 2)
     assert (run_dir / "figures" / "calibration_heatmap.png").exists()
+    assert (run_dir / "figures" / "calibration_ladder.png").exists()
 
 
 def test_llc_trajectory_notebook(tiny_run):
@@ -114,7 +116,7 @@ def test_overrides_through_the_papermill_cli(tmp_path, repo_root):
                            {"model.d_model": 48, "model.num_layers": 2, "train.num_steps": 60})
     assert runs.read_config(tmp_path / "run") == expected
     assert printed_config(tmp_path / "out.ipynb") == expected.to_dict()
-    assert expected.train.early_stop_delay == 600 and expected.llc.nbeta == 100  # the file's other keys kept
+    assert expected.train.early_stop_delay == 600 and expected.llc.nbeta == 556.3  # the file's other keys kept
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["num_steps_run"] == 60
 
 

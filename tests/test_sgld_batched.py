@@ -209,3 +209,25 @@ def test_only_the_adapter_imports_devinterp():
     imported = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
     imported += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
     assert not any(name.split(".")[0] == "devinterp" for name in imported), imported
+
+
+@pytest.mark.parametrize("key", ["sampler", "method"])
+def test_config_rejects_an_unknown_sampler_or_method(key):
+    from llcgrok.config import ConfigError, run_config_from_dict
+
+    assert getattr(run_config_from_dict({"llc": {}}).llc, key) == {"sampler": "auto", "method": "sgld"}[key]
+    with pytest.raises(ConfigError, match=f"'llc.{key}'"):
+        run_config_from_dict({"llc": {key: "fastest"}}, source="p.yaml")
+
+
+def test_trajectory_rows_record_the_path_and_the_method(tmp_path):
+    from problems import train_tiny_run
+
+    from llcgrok.config import LLCConfig
+    from llcgrok.trajectory import run_trajectory
+
+    run_dir = train_tiny_run(tmp_path / "run")
+    cfg = LLCConfig(num_chains=2, num_draws=10, num_burnin_steps=5, batch_size=16, calibrate=False, curvature_probes=1,
+                    device="cpu", sampler="batched", method="rmsprop_sgld")
+    frame = run_trajectory(run_dir, cfg, quiet=True)
+    assert (frame["sampler"] == "batched").all() and (frame["method"] == "rmsprop_sgld").all()

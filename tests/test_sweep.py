@@ -1,5 +1,6 @@
 """A tiny sweep end to end: per-config notebooks, summary.csv, the report, and restart."""
 
+import json
 import os
 
 import pandas as pd
@@ -15,8 +16,8 @@ TINY_STUDY = {
     "model": {"num_layers": 1, "d_model": 16, "num_heads": 2},
     "train": {"num_steps": 30, "batch_size": 64, "eval_batches": 1, "num_checkpoints": 3},
     "llc": {
-        "num_chains": 1, "num_draws": 6, "batch_size": 32, "cores": 1, "calibrate": True,
-        "calibration": {"epsilons": [1.0e-4, 1.0e-3], "nbetas": [10.0]},
+        "num_chains": 1, "num_draws": 6, "batch_size": 32, "cores": 1, "calibrate": True, "num_burnin_steps": 5,
+        "curvature_probes": 2, "calibration": {"epsilons": [1.0e-4, 1.0e-3], "nbetas": [10.0], "localizations": [100.0]},
     },
     "grid": {"axes": {"model.num_layers": [1, 2]}, "seeds": [0]},
 }
@@ -31,8 +32,11 @@ def write_tiny_study(path, **changes):
 def test_tiny_sweep_end_to_end_then_skips_everything(tmp_path):
     params = load_params(write_tiny_study(tmp_path / "tiny.yaml"))
     out = tmp_path / "sweep"
-    first = run_sweep(params, out, quiet=True)
+    first = run_sweep(params, out, quiet=True, workers=2)  # the local pool, two configs at once
     assert not first.failed and sorted(first.completed) == ["x_plus_y-L1-d16-h2-s0", "x_plus_y-L2-d16-h2-s0"]
+    # Each config ran in a pool process, not in this one.
+    status_pids = {json.loads((out / "runs" / r / "status.json").read_text())["pid"] for r in first.completed}
+    assert os.getpid() not in status_pids
     summary = pd.read_csv(out / "summary.csv")
     assert list(summary.columns) == SUMMARY_COLUMNS
     assert (summary["status"] == "complete").all()
