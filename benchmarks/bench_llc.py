@@ -423,6 +423,9 @@ def main(argv=None) -> None:
     parser.add_argument("--profile", action="store_true", help="where the batched step's time goes (first of --sizes)")
     args = parser.parse_args(argv)
     if args.samplers or args.profile:
+        # devinterp's and the sampler's notes (no burn-in, cycled batches) say nothing about speed
+        warnings.simplefilter("ignore")
+        os.environ["PYTHONWARNINGS"] = "ignore"  # the spawned chain workers too
         print(f"# bench_llc  {common.machine_line()}")
         print(f"# command: python benchmarks/bench_llc.py {' '.join(sys.argv[1:])}".rstrip())
         if args.profile:
