@@ -164,8 +164,9 @@ def explain(checkpoints, task, settings, chains: int) -> None:
 
 # --------------------------------------------------------------------------- --samplers: the batched sampler
 
-SAMPLER_SIZES = {"1x64": (1, 64), "2x64": (2, 64), "2x128": (2, 128)}
 QUICK_SIZES = {f"{l}x{d}": (l, d) for l in (1, 2) for d in (32, 48, 64)}  # params/quick.yaml's grid
+SAMPLER_SIZES = {**QUICK_SIZES, "2x128": (2, 128)}
+DEFAULT_SAMPLER_SIZES = ["1x64", "2x64", "2x128"]
 
 
 def _short_run(size: tuple, steps: int, root: Path):
@@ -213,6 +214,19 @@ def _sampler_paths(task, settings, inits: dict) -> dict:
     }
 
 
+def _warm_pool() -> None:
+    """Start llcgrok's chain worker pool (and import both paths in it) before any timing:
+    it costs a few seconds once per process, not per checkpoint."""
+    import torch
+
+    from llcgrok.llc import estimate_llc
+
+    x, y = torch.randn(64, 2), torch.randn(64, 1)
+    for sampler in ("devinterp", "batched"):
+        estimate_llc(torch.nn.Linear(2, 1), (x, y), loss="mse", epsilon=1e-4, localization=1.0, num_chains=2,
+                     num_draws=3, batch_size=16, cores=2, sampler=sampler)
+
+
 def _round(paths: dict, checkpoints, attempt: int, patience: float) -> dict:
     """Every path once on one checkpoint, in alternating order, after waiting (at most
     ``patience`` seconds) for the other processes of a shared machine to go quiet."""
@@ -241,6 +255,7 @@ def sampler_table(args) -> None:
     peak = max(common.measured_matmul_peak() for _ in range(3))
     print(f"measured matmul peak (2048^3 fp32, {torch.get_num_threads()} threads, best of 3): {peak:.0f} GFLOP/s\n")
     root = Path(tempfile.mkdtemp(prefix="bench_samplers_"))
+    _warm_pool()
     speed_rows, flop_rows, agree_rows, cost = [], [], [], {}
     for size in args.sizes:
         cfg, checkpoints = _short_run(SAMPLER_SIZES[size], args.train_steps, root)
@@ -317,8 +332,11 @@ def main_job_table(args) -> None:
 
     params = load_params(Path(__file__).resolve().parent.parent / "params" / "quick.yaml")
     seeds = len(params.grid.seeds or [0])
+    common.wait_for_quiet(max_wait=args.patience)
+    peak = max(common.measured_matmul_peak() for _ in range(3))
+    chain_steps = args.certified_chains * (args.certified_draws + args.certified_burnin)
     root = Path(tempfile.mkdtemp(prefix="bench_mainjob_"))
-    rows, total = [], 0.0
+    rows, total, bound = [], 0.0, 0.0
     for size, shape in QUICK_SIZES.items():
         cfg, checkpoints = _short_run(shape, args.train_steps, root)
         task = make_task(cfg.task, seed=cfg.train.seed)
@@ -331,11 +349,15 @@ def main_job_table(args) -> None:
             per = time.perf_counter() - t
         n_ckpt = len(checkpoint_steps(params.base.train))
         total += per * n_ckpt * seeds
-        rows.append([size, per, n_ckpt, per * n_ckpt * seeds, meter.cores])
+        floor = chain_steps / _flop_bound(cfg, task, args.batch, peak)
+        bound += floor * n_ckpt * seeds
+        rows.append([size, per, floor, n_ckpt, per * n_ckpt * seeds, meter.cores])
     print(f"\nmain job, LLC trajectories at the certified setting ({args.certified_chains} x {args.certified_draws} + "
           f"{args.certified_burnin} burn-in): {seeds} seeds x the checkpoints of params/quick.yaml's schedule")
-    print(common.table(["size", "batched s/checkpoint", "checkpoints per run", f"s for {seeds} seeds", "others' cores"], rows))
-    print(f"total: {total / 60:.1f} min (trajectories only; calibration adds its points at the same cost per point)")
+    print(common.table(["size", "batched s/checkpoint", "FLOP-bound s/checkpoint", "checkpoints per run", f"s for {seeds} seeds",
+                        "others' cores"], rows))
+    print(f"total: {total / 60:.1f} min; at the FLOP-bound limit ({peak:.0f} GFLOP/s): {bound / 60:.1f} min "
+          "(trajectories only; calibration adds its points at the same cost per point)")
 
 
 def profile_batched(args) -> None:
@@ -349,6 +371,7 @@ def profile_batched(args) -> None:
     from llcgrok.llc import chain_seeds, make_evaluate
 
     cfg, checkpoints = _short_run(SAMPLER_SIZES[args.sizes[0]], args.train_steps, Path(tempfile.mkdtemp(prefix="bench_prof_")))
+    common.wait_for_quiet(max_wait=args.patience)
     task = make_task(cfg.task, seed=cfg.train.seed)
     model, _ = runs.load_checkpoint(checkpoints[-1][1])
     from torch.utils.data import TensorDataset
@@ -411,7 +434,7 @@ def main(argv=None) -> None:
                         help="also take the difference apart on two checkpoints (8 chains each, ~4 min more)")
     parser.add_argument("--samplers", action="store_true",
                         help="the batched sampler against devinterp per size, its FLOP-bound share, the certified setting")
-    parser.add_argument("--sizes", nargs="+", default=list(SAMPLER_SIZES), choices=list(SAMPLER_SIZES))
+    parser.add_argument("--sizes", nargs="+", default=DEFAULT_SAMPLER_SIZES, choices=list(SAMPLER_SIZES))
     parser.add_argument("--train-steps", type=int, default=300, help="--samplers: updates of each size's short run")
     parser.add_argument("--rounds", type=int, default=2, help="--samplers: quiet rounds per size (checkpoints alternate)")
     parser.add_argument("--batch", type=int, default=256, help="--samplers: SGLD batch size")
@@ -419,10 +442,10 @@ def main(argv=None) -> None:
     parser.add_argument("--certified-chains", type=int, default=4)
     parser.add_argument("--certified-draws", type=int, default=1000)
     parser.add_argument("--certified-burnin", type=int, default=500)
-    parser.add_argument("--main-job", action="store_true", help="--samplers: also the certified LLC cost of params/quick.yaml")
+    parser.add_argument("--main-job", action="store_true", help="the certified LLC cost of params/quick.yaml's trajectories")
     parser.add_argument("--profile", action="store_true", help="where the batched step's time goes (first of --sizes)")
     args = parser.parse_args(argv)
-    if args.samplers or args.profile:
+    if args.samplers or args.profile or args.main_job:
         # devinterp's and the sampler's notes (no burn-in, cycled batches) say nothing about speed
         warnings.simplefilter("ignore")
         os.environ["PYTHONWARNINGS"] = "ignore"  # the spawned chain workers too

@@ -181,7 +181,7 @@ class _Dropout(torch.nn.Module):
 def test_auto_falls_back_to_devinterp_when_the_model_cannot_be_batched():
     torch.manual_seed(0)
     x, y = torch.randn(200, 4), torch.randn(200, 2)
-    kwargs = dict(loss="mse", epsilon=1e-4, localization=1.0, num_chains=2, num_draws=10, batch_size=50)
+    kwargs = dict(loss="mse", epsilon=1e-4, localization=1.0, num_chains=2, num_draws=10, num_burnin_steps=5, batch_size=50)
     llc._fallbacks_warned.clear()
     with pytest.warns(RuntimeWarning, match="cannot run this model"):
         est = llc.estimate_llc(_Dropout(), (x, y), **kwargs)
@@ -195,7 +195,7 @@ def test_auto_falls_back_to_devinterp_when_the_model_cannot_be_batched():
 
 def test_settings_are_recorded_and_checked():
     model, data = regression(n=300)
-    kwargs = dict(loss="mse", epsilon=1e-4, localization=1.0, num_chains=2, num_draws=10, batch_size=50)
+    kwargs = dict(loss="mse", epsilon=1e-4, localization=1.0, num_chains=2, num_draws=10, num_burnin_steps=5, batch_size=50)
     row = llc.estimate_llc(model, data, method="rmsprop_sgld", **kwargs).to_row()
     assert row["sampler"] == "batched" and row["method"] == "rmsprop_sgld"
     with pytest.raises(ValueError, match="sampler"):
