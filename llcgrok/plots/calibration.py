@@ -22,11 +22,18 @@ def _grid(table: pd.DataFrame, column: str, epsilons, nbetas) -> np.ndarray:
     return values
 
 
+# Cell tags for llcgrok.rule.reject_reason's messages, first match wins.
+REJECT_TAGS = (
+    ("skipped", "skip"), ("diverged", "div"), ("basin", "esc"), ("not flat", "drift"), ("not positive", "neg"),
+    ("R-hat", "rhat"), ("too noisy", "noise"), ("MALA", "mala"),
+)
+
+
 def plot_calibration_heatmap(table: pd.DataFrame, recommended: Mapping | None = None) -> Figure:
     """LLC over epsilon x nbeta (left) and LLC / nbeta (right; constant along a column
     means the chain only tracks the temperature). Cells: the value, or why the point
     was rejected (div: diverged, esc: left the basin, drift: trace not flat, neg: LLC <= 0,
-    skip: a smaller epsilon was already unstable); unhealthy cells are hatched; the
+    rhat: chains disagree, noise: standard error too large, skip: a larger step was unstable); unhealthy cells are hatched; the
     recommended point is outlined."""
     epsilons = sorted(table["epsilon"].unique())
     nbetas = sorted(table["nbeta"].unique())
@@ -36,21 +43,7 @@ def plot_calibration_heatmap(table: pd.DataFrame, recommended: Mapping | None = 
     labels = {}
     for r in table.itertuples():
         reason = str(getattr(r, "reject_reason", "") or "")
-        short = ""
-        if reason.startswith("skipped"):
-            short = "skip"
-        elif "diverged" in reason:
-            short = "div"
-        elif "basin" in reason:
-            short = "esc"
-        elif "not flat" in reason:
-            short = "drift"
-        elif "not positive" in reason:
-            short = "neg"
-        elif "below" in reason:
-            short = "noise"
-        elif "MALA" in reason:
-            short = "mala"
+        short = next((tag for key, tag in REJECT_TAGS if key in reason), "")
         labels[(nbetas.index(r.nbeta), epsilons.index(r.epsilon))] = short
     for ax, column, title in (
         (axes[0], "llc_mean", "LLC"),

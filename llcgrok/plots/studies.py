@@ -151,13 +151,18 @@ def _per_task_axes(tasks: list, columns: int, width: float, height: float):
     return fig, fig.subplots(len(tasks), columns, squeeze=False)
 
 
+def _arch_colors(frame: pd.DataFrame) -> dict:
+    """One colour per architecture, in sorted order, so that every figure agrees."""
+    return {a: ARCH_COLORS[i % len(ARCH_COLORS)] for i, a in enumerate(sorted(frame["arch"].unique()))} if len(frame) else {}
+
+
 def plot_llc_vs_loss(trajectories: pd.DataFrame, *, title: str | None = None) -> Figure:
     """The LLC of every checkpoint against its train loss (left) and validation loss
     (right), log loss axes, one line per run in training order (colour: architecture; the
     first checkpoint ringed), one row per task. Flagged estimates carry their flag's marker."""
     tasks = tasks_of(trajectories)
     fig, axes = _per_task_axes(tasks, 2, 12, 4.0)
-    colors = {a: ARCH_COLORS[i % len(ARCH_COLORS)] for i, a in enumerate(sorted(trajectories["arch"].unique()))} if len(trajectories) else {}
+    colors = _arch_colors(trajectories)
     labelled: set = set()
     for (ax_train, ax_val), task in zip(axes, tasks):
         part = trajectories if task is None else trajectories[trajectories["task"] == task]
@@ -191,7 +196,7 @@ def plot_aligned_curves(aligned: pd.DataFrame, *, title: str | None = None) -> F
     tasks = tasks_of(aligned)
     fig, axes = _per_task_axes(tasks, 2, 12, 3.8)
     grokked = aligned.dropna(subset=["steps_since_grokking"]) if len(aligned) else aligned
-    colors = {a: ARCH_COLORS[i % len(ARCH_COLORS)] for i, a in enumerate(sorted(aligned["arch"].unique()))} if len(aligned) else {}
+    colors = _arch_colors(aligned)
     labelled: set = set()
     for (ax_llc, ax_acc), task in zip(axes, tasks):
         part = grokked if task is None else grokked[grokked["task"] == task]
