@@ -2,6 +2,7 @@
 
     python benchmarks/gamma_ladder.py RUN_DIR --step 2260 --gammas 1e5,1e4,1e3,1e2 \
         --fraction 0.1 --burnin 1000 --draws 2000 --chains 2 [--nbeta 10000] [--sampler devinterp]
+        [--method rmsprop_sgld]
 
 epsilon = fraction / (nbeta h_max + gamma) at every rung (h_max by power iteration at the
 checkpoint), so every rung is as far from the stability limit; nbeta defaults to n / log n.
@@ -35,6 +36,7 @@ def main() -> None:
     parser.add_argument("--nbeta", type=float, default=None)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--sampler", default="auto")
+    parser.add_argument("--method", default="sgld", choices=["sgld", "rmsprop_sgld"])
     parser.add_argument("--cores", type=int, default=1)
     args = parser.parse_args()
     view = open_run(args.run_dir, "cpu")
@@ -47,7 +49,8 @@ def main() -> None:
         t0 = time.perf_counter()
         est = estimate_llc(model, view.train, loss=view.loss, epsilon=epsilon, nbeta=nbeta, localization=gamma,
                            num_chains=args.chains, num_draws=args.draws, num_burnin_steps=args.burnin,
-                           batch_size=args.batch_size, seed=0, cores=args.cores, sampler=args.sampler)
+                           batch_size=args.batch_size, seed=0, cores=args.cores, sampler=args.sampler,
+                           method=args.method)
         d, trace = est.diagnostics, est.llc_trace.mean(axis=0)
         quarters = [round(float(q.mean()), 1) for q in np.array_split(trace, 4)]
         print(f"gamma {gamma:g} eps {epsilon:.3g}: llc {est.mean:.3f} ± {est.std:.3f}, quarters {quarters}, "

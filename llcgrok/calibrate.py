@@ -25,7 +25,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from . import rule
-from .curvature import curvature_llc, measure_curvature
+from .curvature import measure_curvature, trace_ratio
 from .llc import AllChainsFailed, DataSpec, LLCError, LossSpec, as_dataset, default_nbeta, estimate_llc
 from .rule import DEFAULT_MALA_BAND, RULE, RULE_VERSION, recommend  # noqa: F401  (public names)
 
@@ -35,6 +35,11 @@ from .rule import DEFAULT_MALA_BAND, RULE, RULE_VERSION, recommend  # noqa: F401
 DEFAULT_STEP_FRACTIONS = (0.2, 0.1, 0.05, 0.025, 0.0125)
 DEFAULT_LADDER = (1e5, 1e4, 1e3, 1e2, 1e1, 1.0)
 BURNIN_RELAXATIONS = 5  # burn-in covers this many relaxation times of the slowest counted direction
+# While every step so far diverged, halve beyond the step fractions (and on, once one is
+# healthy, until a half step agrees), this many times at most: at a point where the Hessian
+# vanishes (a normal crossing's origin) h_max says nothing of the curvature the chains meet
+# a little way off, and only divergence does.
+MAX_EXTRA_HALVINGS = 16
 
 TABLE_COLUMNS = [
     "localization", "epsilon", "step_fraction", "nbeta", "llc_mean", "llc_std", "num_chains", "llc_over_nbeta",
@@ -156,18 +161,22 @@ class _Sweep:
                "trace_drift": d["trace_drift"], "trace_drift_se": d["trace_drift_se"], "converged": d["converged"],
                "escaped": d["escaped"], "loss_excess": d["loss_excess"], "r_hat": d["r_hat"],
                "init_loss": est.init_loss, "seconds": est.seconds,
-               "trace_ratio": est.mean / curvature_llc(self.trace_h, nbeta, gamma) if gamma > 0 else 0.0}
+               "trace_ratio": trace_ratio(est.mean, self.trace_h, nbeta, gamma)}
         return row, est
 
     def healthy(self, row: dict) -> bool:
         return rule.reject_reason({"skipped": False, **row}, self.mala_band) == ""
 
 
-def _rung(sweep: _Sweep, gamma: float, nbeta: float, steps: Sequence[float], bar) -> tuple[list, dict]:
+def _rung(sweep: _Sweep, gamma: float, nbeta: float, steps: Sequence[float], bar, extend: bool = True) -> tuple[list, dict]:
     """Estimates at one gamma, from the largest step down, until two successive healthy
-    steps agree (the smaller is then step-converged, and smaller steps would only cost)."""
+    steps agree (the smaller is then step-converged, and smaller steps would only cost).
+    With ``extend``, steps that all diverged are followed by halvings (:data:`MAX_EXTRA_HALVINGS`)."""
     rows, estimates, previous, unhealthy_run = [], {}, None, 0
-    for epsilon in sorted(steps, reverse=True):
+    queue = sorted(steps, reverse=True)
+    extra = 0
+    while queue:
+        epsilon = queue.pop(0)
         row, est = sweep.point(gamma, epsilon, nbeta)
         rows.append(row)
         if est is not None:
@@ -184,7 +193,33 @@ def _rung(sweep: _Sweep, gamma: float, nbeta: float, steps: Sequence[float], bar
             # more slowly. Before any healthy one, the steps may still be too large.
             if unhealthy_run >= 2 and any(sweep.healthy(r) for r in rows):
                 break
+        if not queue and extend and extra < MAX_EXTRA_HALVINGS and _still_too_large(sweep, rows, extra > 0):
+            queue, extra = [epsilon / 2], extra + 1
     return rows, estimates
+
+
+def _still_too_large(sweep: _Sweep, rows: list, extended: bool) -> bool:
+    """Halve once more: no healthy point yet and the last one lost chains to divergence (the
+    steps are too large), or the halvings found a first healthy point that a half step has
+    yet to confirm (the rule needs an agreeing pair)."""
+    last = rows[-1]
+    diverged = (last.get("num_diverged") or 0) > 0 or not math.isfinite(last.get("llc_mean", float("nan")))
+    healthy = [sweep.healthy(r) for r in rows]
+    if not any(healthy):
+        return diverged
+    return extended and healthy[-1]
+
+
+def _steps_at(sweep: _Sweep, gamma: float, nbeta: float, step_fractions, epsilons, rows_above: list) -> list:
+    """The steps of one rung. At a flat point (h_max 0) c / (nbeta h_max + gamma) = c / gamma
+    grows as gamma falls, though the chains meet the same curvature off w*: the rung starts
+    from the largest step that was healthy one rung up instead."""
+    if epsilons is not None:
+        return list(epsilons)
+    stable = [r["epsilon"] for r in rows_above if sweep.healthy(r)]
+    if sweep.h_max == 0 and stable:
+        return [max(stable) * c / max(step_fractions) for c in step_fractions]
+    return [sweep.step(c, nbeta, gamma) for c in step_fractions]
 
 
 def _table(rows: list) -> pd.DataFrame:
@@ -210,10 +245,10 @@ def _walk_ladder(sweep: _Sweep, gammas: list, nbeta: float, step_fractions, epsi
     has no healthy point after one that had (smaller gammas relax more slowly still). A
     strongly localised rung whose excess loss drowns in minibatch noise may be unhealthy
     without ending the walk."""
-    rows, estimates, seen_healthy = [], {}, False
+    rows, estimates, seen_healthy, rung_rows = [], {}, False, []
     for gamma in gammas:
-        steps = list(epsilons) if epsilons is not None else [sweep.step(c, nbeta, gamma) for c in step_fractions]
-        rung_rows, rung_estimates = _rung(sweep, gamma, nbeta, steps, bar)
+        steps = _steps_at(sweep, gamma, nbeta, step_fractions, epsilons, rung_rows)
+        rung_rows, rung_estimates = _rung(sweep, gamma, nbeta, steps, bar, extend=epsilons is None)
         rows += rung_rows
         estimates.update(rung_estimates)
         healthy = any(sweep.healthy(r) for r in rung_rows)

@@ -8,11 +8,13 @@ A user's mistake prints one line, never a traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
 
-from .config import ConfigError, load_params, parse_overrides, resolve_run
+from .config import (ConfigError, is_sequence, load_params, params_from_sections, parse_overrides, read_sections, resolve_run,
+                     set_dotted, validate_run)
 
 EXIT_FAILED, EXIT_BAD_INPUT, EXIT_LOCKED = 1, 2, 3
 
@@ -30,10 +32,12 @@ def _add_set(parser: argparse.ArgumentParser, example: str = "model.d_model=64",
 
 def cmd_train(args) -> int:
     # Validate before importing torch: a mistake in the params file is reported at once.
-    params = load_params(args.params)
-    cfg = resolve_run(params, _overrides(args.set), seed=args.seed)
-    from . import runs
-    from .train import train
+    sections = read_sections(args.params)
+    if is_sequence(sections):
+        return _train_sequence(args, sections)
+    cfg = resolve_run(params_from_sections(**sections, source=str(args.params)), _overrides(args.set), seed=args.seed)
+    from . import runs  # lazy: torch; options and params are checked first
+    from .train import train  # lazy: torch; options and params are checked first
 
     out = Path(args.out)
     # Another config in --out stops here (exit 2); the same one, finished, is skipped.
@@ -50,8 +54,29 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _train_sequence(args, sections: dict) -> int:
+    """``llcgrok train`` on an addition or fraction_of_x params file (llcgrok.seqparams)."""
+    from . import runs, seqtrain  # lazy: torch; options and params are checked first
+    from .seqparams import resolve_seq_run, seq_params_from_sections  # lazy: torch; options and params are checked first
+
+    params = seq_params_from_sections(**sections, source=str(args.params))
+    cfg = resolve_seq_run(params, _overrides(args.set), seed=args.seed)
+    out = Path(args.out)
+    if not args.force and seqtrain.prepare_seq_run_dir(out, cfg) and runs.is_trained(out):
+        print(f"{out}: already trained with this config (summary.json exists); --force retrains", file=sys.stderr)
+        return 0
+    s = seqtrain.train_sequence(cfg, out, quiet=args.quiet, force=args.force, llc=dataclasses.asdict(params.llc)).summary
+    if cfg.task == "addition":
+        outcome = (f"val exact match {s['final_val_exact_match']:.4f} (best {s['best_val_exact_match']:.4f}, "
+                   f"0.99 first at {s['steps_to_exact_match_0.99']}), val digit acc {s['final_val_digit_acc']:.4f}")
+    else:
+        outcome = f"val MAE {s['final_val_mae']:.4f} (predict-the-mean {s['baseline_val_mae']:.4f})"
+    print(f"{cfg.run_id}: {s['num_params']} params, {outcome}, {s['ms_per_step']:.2f} ms/step -> {out}")
+    return 0
+
+
 def cmd_grid(args) -> int:
-    from .capacity import find_pairs, grid_table
+    from .capacity import find_pairs, grid_table  # lazy: torch; options and params are checked first
 
     params = load_params(args.params)
     table = grid_table(params)
@@ -69,9 +94,14 @@ def cmd_grid(args) -> int:
 
 
 def _llc_config(run_dir: Path, overrides: dict):
-    from . import runs
-    from .config import set_dotted, validate_run
+    """The run's own llc section (from its config) with the ``llc.*`` overrides on top."""
+    from . import runs  # lazy: torch; options and params are checked first
 
+    if (run_dir / "config.json").exists():  # a sequence-task run (llcgrok.seqtrain)
+        from .seqparams import llc_with_overrides  # lazy: torch; options and params are checked first
+        from .seqconfig import read_seq_llc  # lazy: torch; options and params are checked first
+
+        return llc_with_overrides(read_seq_llc(run_dir), overrides, "--set")
     cfg = runs.read_config(run_dir)
     for key, value in overrides.items():
         if not key.startswith("llc."):
@@ -81,7 +111,7 @@ def _llc_config(run_dir: Path, overrides: dict):
 
 
 def cmd_llc(args) -> int:
-    from .trajectory import run_trajectory
+    from .trajectory import run_trajectory  # lazy: torch; options and params are checked first
 
     run_dir = Path(args.run_dir)
     llc_cfg = _llc_config(run_dir, _overrides(args.set))
@@ -93,7 +123,7 @@ def cmd_llc(args) -> int:
 
 
 def cmd_calibrate(args) -> int:
-    from .trajectory import calibrate_run
+    from .trajectory import calibrate_run  # lazy: torch; options and params are checked first
 
     run_dir = Path(args.run_dir)
     result = calibrate_run(run_dir, _llc_config(run_dir, _overrides(args.set)), quiet=args.quiet)
@@ -114,9 +144,19 @@ def available_cpus() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def _sweep_params(path):
+    """The study's params: a sequence-task file (llcgrok.seqparams) or a modular one."""
+    sections = read_sections(path)
+    if is_sequence(sections):
+        from .seqparams import seq_params_from_sections  # lazy: torch; options and params are checked first
+
+        return seq_params_from_sections(**sections, source=str(path))
+    return params_from_sections(**sections, source=str(path))
+
+
 def cmd_sweep(args) -> int:
-    params = load_params(args.params)  # before the heavy imports, as in cmd_train
-    from .sweep import run_sweep
+    params = _sweep_params(args.params)  # before the heavy imports, as in cmd_train
+    from .sweep import run_sweep  # lazy: torch; options and params are checked first
 
     overrides = _overrides(args.set)
     if args.scheduler and args.cluster:
@@ -136,7 +176,7 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .sweep import write_report
+    from .sweep import write_report  # lazy: torch; options and params are checked first
 
     write_report(Path(args.sweep_dir), quiet=args.quiet, formats=args.figure_formats)
     return 0
@@ -218,8 +258,8 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted: finished work is saved; run the same command again to resume", file=sys.stderr)
         return 130
     except Exception as exc:
-        from .runs import CheckpointError, LockedError
-        from .train import TrainingDiverged
+        from .runs import CheckpointError, LockedError  # lazy: torch; options and params are checked first
+        from .train import TrainingDiverged  # lazy: torch; options and params are checked first
 
         if isinstance(exc, LockedError):
             print(f"error: {exc}", file=sys.stderr)

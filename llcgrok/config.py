@@ -27,6 +27,7 @@ TASK_NAMES = (
     # further operations of the original grokking work (Power et al.)
     "x_times_y", "x2_plus_y2", "x3_plus_xy",
 )
+SEQ_TASKS = ("fraction_of_x", "addition")  # llcgrok.seqtasks; params mapped by llcgrok.seqparams
 SECTIONS = ("task", "model", "train", "llc", "grid")
 LLC_SAMPLERS = ("auto", "batched", "devinterp")  # llc.estimate_llc(sampler=...)
 LLC_METHODS = ("sgld", "rmsprop_sgld")  # llc.estimate_llc(method=...)
@@ -121,6 +122,11 @@ class LLCConfig:
     device: str = "auto"
     calibrate: bool = True  # calibrate (final and tr(H)-peak checkpoints) before a trajectory
     curvature_probes: int = 10  # Hutchinson probes for tr(H) at every checkpoint (trace_ratio, the peak)
+    # Checkpoints of a trajectory whose chains advance as one batched computation (batched
+    # sampler, cores 1): a small model's step is mostly overhead, which they then share.
+    # 1: one at a time. Measured (benchmarks/identity_tables.py): bit for bit the same traces
+    # for the modular and addition runs, 1e-8 relative for fraction_of_x's MSE; the presets set it.
+    checkpoint_batch: int = 1
     sampler: str = "auto"  # "batched" (chains as one computation), "devinterp" (its loop), "auto" (the faster)
     method: str = "sgld"  # "sgld" or "rmsprop_sgld" (RMSProp-preconditioned)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
@@ -306,6 +312,7 @@ def validate_run(cfg: RunConfig, source: str) -> RunConfig:
             raise ConfigError(f"{source}: 'llc.{key}' must be one of {', '.join(allowed)}, got {getattr(llc, key)!r}")
     cal = llc.calibration
     _check_positive(source, "llc.curvature_probes", llc.curvature_probes)
+    _check_positive(source, "llc.checkpoint_batch", llc.checkpoint_batch)
     _check_positive(source, "llc.calibration.max_burnin_steps", cal.max_burnin_steps, allow_zero=True)
     if not cal.localizations:
         raise ConfigError(f"{source}: 'llc.calibration.localizations' needs at least one value")
@@ -354,6 +361,24 @@ def get_dotted(cfg: Any, dotted: str) -> Any:
     for part in dotted.split("."):
         obj = getattr(obj, part)
     return obj
+
+
+def deep_merge(base: Any, extra: Any) -> Any:
+    """``extra`` merged onto ``base`` key by key at every depth; None leaves ``base``."""
+    if extra is None:
+        return base
+    if isinstance(base, Mapping) and isinstance(extra, Mapping):
+        return {**base, **{k: deep_merge(base.get(k), v) for k, v in extra.items()}}
+    return extra
+
+
+def nested(dotted: str, value: Any) -> dict:
+    """``("model.d_model", 8)`` -> ``{"model": {"d_model": 8}}``."""
+    *parents, last = dotted.split(".")
+    out: dict = {last: value}
+    for part in reversed(parents):
+        out = {part: out}
+    return out
 
 
 def parse_set_option(text: str, source: str = "--set") -> tuple[str, Any]:
@@ -451,9 +476,20 @@ def read_sections(path: str | Path) -> dict:
     return {k: data.get(k) for k in SECTIONS}
 
 
+def is_sequence(sections: Mapping | None) -> bool:
+    """Whether params sections describe a sequence task (``task.name``), read by
+    :mod:`llcgrok.seqparams` rather than :func:`params_from_sections`."""
+    task = (sections or {}).get("task") or {}
+    return isinstance(task, Mapping) and task.get("name") in SEQ_TASKS
+
+
 def load_params(path: str | Path) -> Params:
     """Read and validate a params YAML file. Errors name the file and the key."""
-    return params_from_sections(**read_sections(path), source=str(path))
+    sections = read_sections(path)
+    if is_sequence(sections):
+        raise ConfigError(f"{path}: task '{sections['task']['name']}' is a sequence task: "
+                          "llcgrok.seqparams.load_seq_params reads this file")
+    return params_from_sections(**sections, source=str(path))
 
 
 def resolve_run(params: Params, overrides: Mapping[str, Any] | None = None, seed: int | None = None) -> RunConfig:

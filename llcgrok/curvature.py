@@ -131,3 +131,12 @@ def curvature_llc(trace: float, nbeta: float, gamma: float) -> float:
     """The value a localised estimate tends to when gamma dominates every direction:
     nbeta * tr(H) / (2 * gamma) (infinite at gamma 0)."""
     return nbeta * trace / (2 * gamma) if gamma > 0 else float("inf")
+
+
+def trace_ratio(llc: float, trace: float, nbeta: float, gamma: float) -> float:
+    """llc / (nbeta tr(H) / 2 gamma): near 1, the localization dominates what is measured.
+    0 where that value is not positive (gamma 0, or a flat point whose tr(H) is 0: nothing
+    there is localization-bound), NaN where tr(H) is unknown."""
+    if gamma <= 0 or (math.isfinite(trace) and trace <= 0):
+        return 0.0
+    return llc / curvature_llc(trace, nbeta, gamma)

@@ -42,7 +42,7 @@ import pandas as pd
 
 from . import runs
 
-DMD_CSV = "dmd_eigenvalues.csv"
+DMD_CSV = runs.DMD_CSV
 CENTRINGS = ("snapshot", "t0", "none")
 
 
@@ -180,7 +180,7 @@ def dmd_of_run(
     :meth:`DMDResult.to_frame`), plus the requested rank, first/last step and number of
     snapshots. ``step_range`` (first, last; inclusive) restricts the sequence, e.g. to
     before grokking."""
-    from .fingerprints import QUANTILE_COLUMNS, read_fingerprints
+    from .fingerprints import QUANTILE_COLUMNS, read_fingerprints  # lazy: torch; dmd() itself needs numpy only
 
     run_dir = Path(run_dir)
     table = read_fingerprints(run_dir)
@@ -215,8 +215,8 @@ def study_spectra(
     step_range: tuple[int, int] | None = None,
 ) -> pd.DataFrame:
     """:func:`dmd_of_run` on every run (each writes its ``dmd_eigenvalues.csv``), in one
-    table whose rows carry the run's labels (:func:`llcgrok.fingerprints.run_info`)."""
-    from .fingerprints import run_info
+    table whose rows carry the run's labels (:func:`llcgrok.fingerprint_study.run_info`)."""
+    from .fingerprint_study import run_info  # lazy: torch; dmd() itself needs numpy only
 
     keys = list(keys)
     frames = [

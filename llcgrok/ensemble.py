@@ -53,6 +53,7 @@ from .train import (
     TrainResult,
     _rng_seed,
     checkpoint_steps,
+    train,
     eval_chunk_size,
     learning_rate,
 )
@@ -133,8 +134,6 @@ def _member_optimizer_state(opt_state: dict, member: int) -> dict:
 
 
 def _train_one_by_one(cfg: RunConfig, seeds: list[int], run_dirs, quiet: bool) -> list[TrainResult]:
-    from .train import train
-
     t0 = time.perf_counter()
     results = [
         train(seed_config(cfg, s), None if run_dirs is None else run_dirs[i], quiet=quiet) for i, s in enumerate(seeds)
@@ -274,7 +273,7 @@ def train_ensemble(
                 "elapsed_s": elapsed / size,
             },
         )
-        runs.atomic_write_csv(dirs[m] / "metrics.csv", pd.DataFrame(rows[m], columns=METRIC_COLUMNS))
+        runs.atomic_write_csv(dirs[m] / runs.METRICS_CSV, pd.DataFrame(rows[m], columns=METRIC_COLUMNS))
 
     t0 = time.perf_counter()
     bar = tqdm(total=tc.num_steps, disable=quiet, desc=f"{cfg.run_id} x{size}", unit="step", leave=False)
@@ -355,8 +354,8 @@ def train_ensemble(
             "ensemble_wall_time_s": round(elapsed, 3),
         }
         if dirs is not None:
-            runs.atomic_write_csv(dirs[m] / "metrics.csv", table)
-            runs.atomic_write_json(dirs[m] / "summary.json", summary)
+            runs.atomic_write_csv(dirs[m] / runs.METRICS_CSV, table)
+            runs.atomic_write_json(dirs[m] / runs.SUMMARY_JSON, summary)
         results.append(TrainResult(model=model, metrics=table, summary=summary, task=tasks[m]))
     return results
 

@@ -19,15 +19,14 @@ Both are written with metrics.csv, at every checkpoint, and the recorded rows tr
 ``state.pt``: a resumed run continues the sequence from its last checkpoint, with no step
 missing or repeated.
 
-The study helpers at the end train (or reuse) a set of runs along one config axis, by
-default ``train.weight_decay``, in the layout of a sweep directory (``runs/<run_id>``).
+Studies over several runs (train them, read their fingerprints and LLCs together) are in
+:mod:`llcgrok.fingerprint_study`.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -35,22 +34,20 @@ import torch
 import torch.nn.functional as F
 
 from . import runs
-from .config import ConfigError, Params, RunConfig, run_id_for, set_dotted, validate_run
+from .runs import FINGERPRINTS_CSV, PROBES_JSON
+from .config import RunConfig
+from .seeding import PROBES, rng_seed
 
-FINGERPRINTS_CSV = "fingerprints.csv"
-PROBES_JSON = "fingerprint_probes.json"
 QUANTILES = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 0.05 ... 0.95
 QUANTILE_COLUMNS = [f"q{round(q * 100):02d}" for q in QUANTILES]  # q05 ... q95
 COLUMNS = ["step", *QUANTILE_COLUMNS]
-PROBE_STREAM = 3  # generator stream of the probe draw (0-2: init, batches, validation draws)
+PROBE_STREAM = PROBES  # the probe draw's own generator (llcgrok.seeding)
 
 
 def probe_indices(num_val: int, num_probes: int, seed: int) -> torch.Tensor:
     """``min(num_probes, num_val)`` distinct validation indices, sorted, drawn by a
     generator seeded from the run seed alone."""
-    from .train import _rng_seed
-
-    generator = torch.Generator().manual_seed(_rng_seed(seed, PROBE_STREAM))
+    generator = torch.Generator().manual_seed(rng_seed(seed, PROBE_STREAM))
     order = torch.randperm(num_val, generator=generator)
     return order[: min(num_probes, num_val)].sort().values
 
@@ -127,94 +124,3 @@ def read_fingerprints(run_dir: str | Path) -> pd.DataFrame:
 
 def read_probes(run_dir: str | Path) -> dict:
     return json.loads((Path(run_dir) / PROBES_JSON).read_text())
-
-
-# --------------------------------------------------------------------------- studies
-
-
-def study_configs(
-    params: Params,
-    axis: str = "train.weight_decay",
-    values: Sequence[Any] | None = None,
-    seeds: Sequence[int] | None = None,
-    overrides: Mapping[str, Any] | None = None,
-) -> list[tuple[str, RunConfig]]:
-    """``[(run_id, config), ...]``: one config per value of ``axis`` and seed.
-
-    ``values`` defaults to the params grid's values of ``axis`` (else the base config's
-    value), ``seeds`` to the grid's seeds (else ``train.seed``); other grid axes take their
-    first value where the sections leave them out (as one run does); ``overrides`` (dotted
-    keys) are applied last, to every config. Run ids name the axis, e.g. ``x_plus_y-L1-d64-h4-weight_decay1.0-s0``, as a
-    sweep over the same grid names them, so a sweep's ``runs/`` is reused.
-    """
-    from .config import get_dotted, resolve_run
-
-    if values is None:
-        values = params.grid.axes.get(axis) or [get_dotted(params.base, axis)]
-    if seeds is None:
-        seeds = params.grid.seeds or [params.base.train.seed]
-    extra_axes = list(dict.fromkeys([*params.grid.axes, axis]))
-    out = []
-    for value in values:
-        for seed in seeds:
-            cfg = resolve_run(params, seed=int(seed))
-            set_dotted(cfg, axis, value, params.source)
-            for key, override in (overrides or {}).items():
-                set_dotted(cfg, key, override, "overrides")
-            validate_run(cfg, params.source)
-            if not cfg.train.fingerprint_every:
-                raise ConfigError(f"{params.source}: 'train.fingerprint_every' must be set to record fingerprints")
-            out.append((run_id_for(cfg, extra_axes), cfg))
-    return out
-
-
-def ensure_study(configs: Iterable[tuple[str, RunConfig]], out_dir: str | Path, quiet: bool = False) -> list[Path]:
-    """Train every config into ``out_dir/runs/<run_id>`` unless finished there; the run dirs."""
-    from .notebook import ensure_trained
-
-    dirs = []
-    for run_id, cfg in configs:
-        run_dir = Path(out_dir) / "runs" / run_id
-        ensure_trained(cfg, run_dir, quiet=quiet)
-        dirs.append(run_dir)
-    return dirs
-
-
-def run_info(run_dir: str | Path, keys: Iterable[str] = ("train.weight_decay",)) -> dict:
-    """run_id, seed, steps to memorization/grokking and the config values at ``keys`` (named by
-    their last part, e.g. ``weight_decay``): the columns that label a run in a study table."""
-    from .config import get_dotted
-
-    cfg = runs.read_config(run_dir)
-    summary = runs.read_summary(run_dir) or {}
-    info = {"run_id": Path(run_dir).name, "seed": cfg.train.seed}
-    for key in keys:
-        info[key.rsplit(".", 1)[-1]] = get_dotted(cfg, key)
-    for key in ("steps_to_memorization", "steps_to_grokking", "num_steps_run"):
-        info[key] = summary.get(key)
-    return info
-
-
-def study_fingerprints(run_dirs: Iterable[str | Path], keys: Iterable[str] = ("train.weight_decay",)) -> pd.DataFrame:
-    """The fingerprints of several runs in one table, each row labelled by :func:`run_info`."""
-    keys = list(keys)
-    frames = [read_fingerprints(d).assign(**run_info(d, keys)) for d in run_dirs]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)
-
-
-def study_llc(run_dirs: Iterable[str | Path], llc_cfg, keys: Iterable[str] = ("train.weight_decay",),
-              quiet: bool = False) -> pd.DataFrame:
-    """The LLC trajectory of every run (``llcgrok.llc.run_trajectory``: calibrated when
-    ``llc_cfg.calibrate``, resumed from each ``llc.csv``), in one labelled table."""
-    from .trajectory import run_trajectory
-
-    keys = list(keys)
-    frames = [run_trajectory(d, llc_cfg, quiet=quiet).assign(**run_info(d, keys)) for d in run_dirs]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-
-
-def summary_table(frame: pd.DataFrame, by: str = "weight_decay") -> pd.DataFrame:
-    """One row per run (``frame`` labelled by :func:`run_info`), sorted by ``by`` and seed."""
-    keep = ["run_id", by, "seed", "steps_to_memorization", "steps_to_grokking", "num_steps_run"]
-    table = frame.drop_duplicates("run_id")[[c for c in keep if c in frame]]
-    return table.sort_values([by, "seed"]).reset_index(drop=True)

@@ -68,13 +68,8 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import time
-import warnings
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from typing import Any, Callable, Sequence, Union
 
 import numpy as np
@@ -82,9 +77,11 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, TensorDataset
-from tqdm.auto import tqdm
 
 from . import _devinterp, sgld_batched
+from .chains import (  # noqa: F401  (shutdown_workers, effective_cores: public here since before the split)
+    LLCError, _sample, chain_seeds, choose_sampler, effective_cores, shutdown_workers,
+)
 from .config import LLC_METHODS, LLC_SAMPLERS
 from .device import resolve_device
 
@@ -96,10 +93,6 @@ ESCAPE_FRACTION = 0.2  # draws' mean loss this far from L_n(w*) towards chance: 
 R_HAT_MAX = 1.1  # split R-hat above this: the chains disagree (Gelman et al.'s classic threshold)
 # Sampler settings written beside every estimate; a resumed trajectory must match them.
 SETTING_COLUMNS = ("epsilon", "nbeta", "localization", "num_chains", "num_draws", "num_burnin_steps", "batch_size", "seed")
-
-
-class LLCError(RuntimeError):
-    """LLC estimation could not produce a number; the message says what to change."""
 
 
 class AllChainsFailed(LLCError):
@@ -439,153 +432,6 @@ def summarize_chains(
     return mean, std, per_chain, diag
 
 
-# --------------------------------------------------------------------------- parallel chains
-
-_pool: ProcessPoolExecutor | None = None
-_pool_size = 0
-
-
-def _main_unimportable() -> str | None:
-    """The main module's path when a spawned worker could not re-run it, else None.
-
-    spawn re-runs ``__main__.__file__`` in every worker process (the rule below mirrors
-    multiprocessing.spawn.get_preparation_data); a script read from standard input
-    (``python - <<EOF``) has ``'<stdin>'`` there, and every worker would die on it.
-    """
-    import multiprocessing.process
-    import sys
-
-    main = sys.modules.get("__main__")
-    path = getattr(main, "__file__", None)
-    if getattr(getattr(main, "__spec__", None), "name", None) or path is None:
-        return None  # python -m (re-imported by name); python -c, a REPL, Jupyter (nothing to re-run)
-    if os.path.splitext(os.path.basename(path))[0] == "ipython":
-        return None
-    if not os.path.isabs(path) and multiprocessing.process.ORIGINAL_DIR is not None:
-        path = os.path.join(multiprocessing.process.ORIGINAL_DIR, path)
-    return None if os.path.isfile(path) else getattr(main, "__file__")
-
-
-def _get_pool(cores: int) -> ProcessPoolExecutor:
-    global _pool, _pool_size
-    if _pool is None or _pool_size != cores:
-        shutdown_workers()
-        _pool = ProcessPoolExecutor(max_workers=cores, mp_context=get_context("spawn"), initializer=_devinterp.init_worker)
-        _pool_size = cores
-    return _pool
-
-
-def shutdown_workers() -> None:
-    """Stop the chain worker processes (started on the first ``cores > 1`` estimate and
-    kept for the next ones; they also stop when the interpreter exits)."""
-    global _pool, _pool_size
-    if _pool is not None:
-        _pool.shutdown(wait=True, cancel_futures=True)
-    _pool, _pool_size = None, 0
-
-
-def effective_cores(cores: int, num_chains: int, device: torch.device) -> int:
-    """Processes actually used: at most one per chain and per CPU; accelerators run
-    chains one after another (the device is the parallel resource)."""
-    if device.type != "cpu":
-        return 1
-    return max(1, min(int(cores), num_chains, os.cpu_count() or 1))
-
-
-def _run_chains(model, data, evaluate, specs, cores: int, quiet: bool) -> list:
-    main = _main_unimportable() if cores > 1 else None
-    if main is not None:
-        warnings.warn(f"cores={cores}: chain worker processes cannot re-run the main module {main!r} (a script read "
-                      "from standard input?), so the chains run in this process; save the script to a file, with "
-                      "its entry point under if __name__ == '__main__':, to use several processes", RuntimeWarning,
-                      stacklevel=3)
-        cores = 1
-    bar = tqdm(total=len(specs), desc="chains", unit="chain", disable=quiet, leave=False)
-    try:
-        if cores == 1:
-            results = []
-            for spec in specs:
-                results.append(_devinterp.sample_chain(model, data, evaluate, spec))
-                bar.update(1)
-            return results
-        payload = _devinterp.pack_job(model, data, evaluate)
-        pool = _get_pool(cores)
-        try:
-            futures = [pool.submit(_devinterp.run_chain_payload, payload, spec) for spec in specs]
-            results = []
-            for future in futures:
-                results.append(future.result())
-                bar.update(1)
-            return results
-        except BrokenProcessPool:
-            shutdown_workers()
-            raise LLCError("a chain worker process died (out of memory?); try cores=1") from None
-    finally:
-        bar.close()
-
-
-def choose_sampler(sampler: str, device: torch.device) -> str:
-    """The path ``sampler="auto"`` takes (an explicit "batched" or "devinterp" is kept).
-
-    Batched everywhere: all chains advance as one computation. Measured on a 2-core CPU
-    (docs/performance.md, "Batched SGLD against devinterp's loop"; 4 chains x 200 draws,
-    batch 256) it took 3.01 s per 1x64 checkpoint in one process and 2.68 s with cores=2,
-    against 4.74 s for devinterp's loop in llcgrok's pool. A model the batched path refuses
-    falls back to devinterp's loop (:func:`_sample`). Accelerators: batched too, not
-    measured here."""
-    if sampler != "auto":
-        return sampler
-    return "batched"
-
-
-_fallbacks_warned: set = set()
-
-
-def _sample(work, dataset, evaluate, specs, cores: int, quiet: bool, path: str, requested: str) -> tuple[list, str]:
-    """The chains' results on ``path``, and the path that produced them: a model the
-    batched sampler refuses runs on devinterp's loop (warned once per reason), unless
-    "batched" was asked for explicitly."""
-    if path == "batched":
-        try:
-            return _run_batched(work, dataset, evaluate, specs, cores), "batched"
-        except sgld_batched.BatchingUnsupported as exc:
-            if requested == "batched":
-                raise LLCError(f"sampler='batched' cannot run this model: {exc}; use sampler='auto' or 'devinterp'") from exc
-            if str(exc) not in _fallbacks_warned:
-                _fallbacks_warned.add(str(exc))
-                warnings.warn(f"the batched SGLD sampler cannot run this model ({exc}); using devinterp's loop",
-                              RuntimeWarning, stacklevel=4)
-    return _run_chains(work, dataset, evaluate, specs, cores, quiet), "devinterp"
-
-
-def _run_batched(model, data, evaluate, specs, cores: int) -> list:
-    """The batched sampler; with ``cores > 1``, the chains split between that many worker
-    processes (one torch thread each), each running its share as one batched computation.
-    A chain's numbers depend on its seed, not on the split."""
-    if cores > 1 and _main_unimportable() is not None:
-        cores = 1  # _run_chains explains why when the fallback gets there; batched chains just run here
-    if cores == 1:
-        return sgld_batched.sample_chains(model, data, evaluate, specs)
-    groups = [list(range(len(specs)))[i::cores] for i in range(cores)]
-    payload = _devinterp.pack_job(model, data, evaluate)
-    pool = _get_pool(cores)
-    try:
-        futures = [pool.submit(sgld_batched.run_payload, payload, [specs[i] for i in group]) for group in groups]
-        results: list = [None] * len(specs)
-        for group, future in zip(groups, futures):
-            for i, result in zip(group, future.result()):
-                results[i] = result
-        return results
-    except BrokenProcessPool:
-        shutdown_workers()
-        raise LLCError("a chain worker process died (out of memory?); try cores=1") from None
-
-
-def chain_seeds(seed: int, num_chains: int) -> list[int]:
-    """Per-chain seeds from one seed (the scheme devinterp uses for an integer seed)."""
-    return [int(s) for s in np.random.SeedSequence(seed).generate_state(num_chains)]
-
-
 # --------------------------------------------------------------------------- estimate_llc
 
 
@@ -593,6 +439,81 @@ def _check(name: str, value, minimum: float = 0.0, allow_equal: bool = False) ->
     if value is None or not (value > minimum or (allow_equal and value == minimum)) or not math.isfinite(value):
         bound = f">= {minimum:g}" if allow_equal else f"> {minimum:g}"
         raise ValueError(f"{name} must be {bound}, got {value!r}")
+
+
+def _check_settings(epsilon, nbeta, localization, num_chains, num_draws, num_burnin_steps, batch_size, cores,
+                    sampler, method) -> None:
+    _check("epsilon", epsilon)
+    if nbeta is not None:
+        _check("nbeta", nbeta)
+    _check("localization", localization, allow_equal=True)
+    for name, value in (("num_chains", num_chains), ("num_draws", num_draws), ("batch_size", batch_size), ("cores", cores)):
+        if not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if not isinstance(num_burnin_steps, (int, np.integer)) or num_burnin_steps < 0:
+        raise ValueError(f"num_burnin_steps must be a non-negative integer, got {num_burnin_steps!r}")
+    if sampler not in LLC_SAMPLERS:
+        raise ValueError(f"sampler must be one of {', '.join(LLC_SAMPLERS)}, got {sampler!r}")
+    if method not in LLC_METHODS:
+        raise ValueError(f"method must be one of {', '.join(LLC_METHODS)}, got {method!r}")
+
+
+@dataclass
+class _Centre:
+    """One model at w*, ready to sample: on the device, its full-data loss and chance loss."""
+
+    work: torch.nn.Module
+    init_loss: float
+    chance: float | None
+    num_params: int
+
+
+def _centre(model, dataset, evaluate, dev, chance_loss) -> _Centre:
+    num_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if num_params == 0:
+        raise ValueError("the model has no trainable parameters")
+    work = model
+    if any(p.device != dev for p in model.parameters()):
+        work = copy.deepcopy(model).to(dev)
+    init_loss, classes = full_loss(work, dataset, evaluate, dev)
+    if not math.isfinite(init_loss):
+        raise LLCError(f"the loss at w* is {init_loss}: the model or data is broken, not the sampler")
+    chance = chance_loss if chance_loss is not None else (math.log(classes) if classes and classes > 1 else None)
+    return _Centre(work, init_loss, chance, num_params)
+
+
+def _specs(settings: dict, dev, num_chains: int, seed: int) -> list:
+    return [_devinterp.ChainSpec(**settings, seed=s, device=str(dev)) for s in chain_seeds(seed, num_chains)]
+
+
+def _finish(centre: _Centre, results: list, used: str, settings: dict, *, num_chains: int, seed: int, n: int,
+            method: str, seconds: float) -> LLCEstimate:
+    """The estimate of one centre from its chains' results; AllChainsFailed when none survived."""
+    nbeta, epsilon = settings["nbeta"], settings["epsilon"]
+    loss_trace = np.stack([r.losses for r in results])
+    mala_trace = np.stack([r.mala for r in results])
+    mean, std, per_chain, diag = summarize_chains(
+        loss_trace, centre.init_loss, nbeta, centre.num_params, mala_trace=mala_trace, chance_loss=centre.chance
+    )
+    diag.update(sampler=used, method=method)  # columns of llc.csv: the path that ran, and the update
+    if diag["num_diverged"] == num_chains:
+        raise AllChainsFailed(
+            f"all {num_chains} SGLD chains failed at epsilon={epsilon:g}, nbeta={nbeta:.4g} "
+            f"({'; '.join(diag['failure_reasons'])}). Lower epsilon (try {epsilon / 10:g}) "
+            f"or nbeta (try {nbeta / 10:.4g}), or raise localization.",
+            diag["failure_reasons"], float(epsilon), nbeta,
+        )
+    return LLCEstimate(
+        mean=mean, std=std, per_chain=per_chain, loss_trace=loss_trace, init_loss=centre.init_loss, nbeta=nbeta,
+        epsilon=float(epsilon), localization=settings["localization"], num_chains=int(num_chains),
+        num_draws=settings["num_draws"], num_burnin_steps=settings["num_burnin_steps"], batch_size=settings["batch_size"],
+        seed=int(seed), num_data=n, num_params=centre.num_params, diagnostics=diag, mala_trace=mala_trace, seconds=seconds,
+    )
+
+
+def _chain_settings(epsilon, nbeta, localization, num_draws, num_burnin_steps, batch_size, method) -> dict:
+    return dict(epsilon=float(epsilon), nbeta=nbeta, localization=float(localization), num_draws=int(num_draws),
+                num_burnin_steps=int(num_burnin_steps), batch_size=int(batch_size), method=method)
 
 
 def estimate_llc(
@@ -634,69 +555,58 @@ def estimate_llc(
 
     Raises :class:`AllChainsFailed` when no chain survives (lower epsilon or nbeta).
     """
-    _check("epsilon", epsilon)
-    if nbeta is not None:
-        _check("nbeta", nbeta)
-    _check("localization", localization, allow_equal=True)
-    for name, value in (("num_chains", num_chains), ("num_draws", num_draws), ("batch_size", batch_size), ("cores", cores)):
-        if not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if not isinstance(num_burnin_steps, (int, np.integer)) or num_burnin_steps < 0:
-        raise ValueError(f"num_burnin_steps must be a non-negative integer, got {num_burnin_steps!r}")
-    if sampler not in LLC_SAMPLERS:
-        raise ValueError(f"sampler must be one of {', '.join(LLC_SAMPLERS)}, got {sampler!r}")
-    if method not in LLC_METHODS:
-        raise ValueError(f"method must be one of {', '.join(LLC_METHODS)}, got {method!r}")
-    evaluate = make_evaluate(loss)
-    dataset = as_dataset(data)
+    _check_settings(epsilon, nbeta, localization, num_chains, num_draws, num_burnin_steps, batch_size, cores, sampler, method)
+    evaluate, dataset = make_evaluate(loss), as_dataset(data)
     n = len(dataset)
     nbeta = default_nbeta(n) if nbeta is None else float(nbeta)
     dev = resolve_device(device)
-    num_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    if num_params == 0:
-        raise ValueError("the model has no trainable parameters")
-
     start = time.perf_counter()
-    work = model
-    if any(p.device != dev for p in model.parameters()):
-        work = copy.deepcopy(model).to(dev)
-    init_loss, classes = full_loss(work, dataset, evaluate, dev)
-    if not math.isfinite(init_loss):
-        raise LLCError(f"the loss at w* is {init_loss}: the model or data is broken, not the sampler")
-    chance = chance_loss if chance_loss is not None else (math.log(classes) if classes and classes > 1 else None)
-
+    centre = _centre(model, dataset, evaluate, dev, chance_loss)
     cores_used = effective_cores(cores, num_chains, dev)
+    work = centre.work
     if cores_used > 1:
         work, dataset = work.cpu(), _to_cpu(dataset)
-    specs = [
-        _devinterp.ChainSpec(
-            epsilon=float(epsilon), nbeta=nbeta, localization=float(localization), num_draws=int(num_draws),
-            num_burnin_steps=int(num_burnin_steps), batch_size=int(batch_size), seed=s, device=str(dev), method=method,
-        )
-        for s in chain_seeds(seed, num_chains)
-    ]
+    settings = _chain_settings(epsilon, nbeta, localization, num_draws, num_burnin_steps, batch_size, method)
+    specs = _specs(settings, dev, num_chains, seed)
     results, used = _sample(work, dataset, evaluate, specs, cores_used, quiet, choose_sampler(sampler, dev), sampler)
-    loss_trace = np.stack([r.losses for r in results])
-    mala_trace = np.stack([r.mala for r in results])
-    mean, std, per_chain, diag = summarize_chains(
-        loss_trace, init_loss, nbeta, num_params, mala_trace=mala_trace, chance_loss=chance
-    )
-    diag.update(sampler=used, method=method)  # columns of llc.csv: the path that ran, and the update
-    estimate = LLCEstimate(
-        mean=mean, std=std, per_chain=per_chain, loss_trace=loss_trace, init_loss=init_loss, nbeta=nbeta,
-        epsilon=float(epsilon), localization=float(localization), num_chains=int(num_chains),
-        num_draws=int(num_draws), num_burnin_steps=int(num_burnin_steps), batch_size=int(batch_size),
-        seed=int(seed), num_data=n, num_params=num_params, diagnostics=diag, mala_trace=mala_trace,
-        seconds=time.perf_counter() - start,
-    )
-    if diag["num_diverged"] == num_chains:
-        raise AllChainsFailed(
-            f"all {num_chains} SGLD chains failed at epsilon={epsilon:g}, nbeta={nbeta:.4g} "
-            f"({'; '.join(diag['failure_reasons'])}). Lower epsilon (try {epsilon / 10:g}) "
-            f"or nbeta (try {nbeta / 10:.4g}), or raise localization.",
-            diag["failure_reasons"], float(epsilon), nbeta,
-        )
-    return estimate
+    return _finish(centre, results, used, settings, num_chains=num_chains, seed=seed, n=n, method=method,
+                   seconds=time.perf_counter() - start)
+
+
+def estimate_llc_many(models: Sequence[torch.nn.Module], data: DataSpec, *, loss: LossSpec = "ce", epsilon: float,
+                      nbeta: float | None = None, localization: float, num_chains: int, num_draws: int,
+                      num_burnin_steps: int = 0, batch_size: int, seed: int = 0, device: str = "auto",
+                      chance_loss: float | None = None, method: str = "sgld") -> list:
+    """:func:`estimate_llc` of several models of one architecture (say, the checkpoints of a
+    run) at equal settings, all their chains advanced as one batched computation: the
+    per-step cost of a small model is mostly overhead, which the models then share.
+
+    Each model's chains have the seeds :func:`estimate_llc` gives them, and are localised at
+    that model's weights; the numbers agree with one call per model to float rounding (the
+    batched matrix products differ in shape). Returns one :class:`LLCEstimate` per model, or
+    the :class:`AllChainsFailed` it raised. Raises
+    :class:`~llcgrok.sgld_batched.BatchingUnsupported` for what the batched sampler refuses.
+    """
+    _check_settings(epsilon, nbeta, localization, num_chains, num_draws, num_burnin_steps, batch_size, 1, "batched", method)
+    evaluate, dataset = make_evaluate(loss), as_dataset(data)
+    n = len(dataset)
+    nbeta = default_nbeta(n) if nbeta is None else float(nbeta)
+    dev = resolve_device(device)
+    start = time.perf_counter()
+    centres = [_centre(m, dataset, evaluate, dev, chance_loss) for m in models]
+    settings = _chain_settings(epsilon, nbeta, localization, num_draws, num_burnin_steps, batch_size, method)
+    specs = _specs(settings, dev, num_chains, seed)
+    chain_models = [c.work for c in centres for _ in specs]
+    results = sgld_batched.sample_chains(chain_models, dataset, evaluate, specs * len(centres))
+    seconds = (time.perf_counter() - start) / len(centres)
+    out = []
+    for i, centre in enumerate(centres):
+        try:
+            out.append(_finish(centre, results[i * num_chains:(i + 1) * num_chains], "batched", settings,
+                               num_chains=num_chains, seed=seed, n=n, method=method, seconds=seconds))
+        except AllChainsFailed as exc:
+            out.append(exc)
+    return out
 
 
 def _to_cpu(dataset: Dataset) -> Dataset:

@@ -16,19 +16,12 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
-from . import runs
-from .config import SECTIONS, ConfigError, Params, RunConfig, dump_yaml, params_from_sections, parse_overrides, read_sections, resolve_run
+from .seqparams import legacy_section_key, llc_section, llc_with_overrides, resolve_seq_run, seq_params_from_sections
+from .train import ensure_trained  # noqa: F401  (the notebooks call it nb.ensure_trained)
+from .config import (SECTIONS, ConfigError, Params, RunConfig, deep_merge, dump_yaml, params_from_sections, parse_overrides,
+                     read_sections, resolve_run)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent  # a clone: params/ and notebooks/ beside the package
-
-
-def deep_merge(base: Any, extra: Any) -> Any:
-    """``extra`` merged onto ``base`` key by key at every depth; None leaves ``base``."""
-    if extra is None:
-        return base
-    if isinstance(base, Mapping) and isinstance(extra, Mapping):
-        return {**base, **{k: deep_merge(base.get(k), v) for k, v in extra.items()}}
-    return extra
 
 
 def _find_params(path: str | os.PathLike) -> Path:
@@ -92,51 +85,46 @@ def show_config(config: Any, **extra: Any) -> None:
     print(f"# resolved config\n{dump_yaml(data)}", end="")
 
 
-def seq_parameters(config: Mapping | None, llc: Mapping | None, overrides: Sequence[str] | str = ()) -> tuple[Any, dict]:
-    """A sequence-task notebook's ``(SeqConfig, LLC keyword arguments)``: ``config`` merged
-    onto SeqConfig's defaults, ``llc`` the keywords of ``sequence_llc_trajectory``, then
-    ``overrides``: ``"num_steps=500"``, ``"model.d_model=16"``; ``"llc.num_draws=50"`` sets an
-    LLC keyword."""
-    from .seqtrain import seq_config
-    from .sequence_llc import KNOWN_KEYWORDS
+def seq_parameters(
+    params_file: str | os.PathLike | None = None,
+    *,
+    config: Mapping | None = None,
+    llc: Mapping | None = None,
+    overrides: Sequence[str] | str = (),
+    fallback: str | os.PathLike | None = None,
+    **sections: Mapping | None,
+) -> tuple[Any, Any]:
+    """A sequence-task notebook's ``(SeqConfig, LLCConfig)``.
 
-    config, llc = dict(config or {}), dict(llc or {})
-    for key, value in parse_overrides(overrides, "overrides").items():
-        if key.startswith("llc."):
-            llc[key[4:]] = value
-        else:
-            config = deep_merge(config, _nested(key, value))
-    known = list(KNOWN_KEYWORDS)
-    unknown = [k for k in llc if k not in known]
-    if unknown:
-        raise ConfigError(f"notebook parameters: unknown llc key '{unknown[0]}' (known: {', '.join(known)})")
-    return seq_config(config, source="notebook parameters"), llc
-
-
-def _nested(dotted: str, value: Any) -> dict:
-    *parents, last = dotted.split(".")
-    out: dict = {last: value}
-    for part in reversed(parents):
-        out = {part: out}
-    return out
+    The sections (``task``, ``model``, ``train``, ``llc``, ``grid``: papermill's ``-f
+    params/addition.yaml``) deep-merge onto ``params_file``'s, then onto ``config``, the flat
+    :class:`~llcgrok.seqtrain.SeqConfig` mapping of earlier notebooks; one run is resolved as
+    ``llcgrok train`` resolves it. ``llc`` is an llc section or the flat keywords of
+    :mod:`llcgrok.sequence_llc`. ``overrides`` last: ``"train.num_steps=500"``,
+    ``"llc.num_draws=50"`` (the flat ``"num_steps=500"`` too). ``fallback`` stands in for
+    ``params_file`` when nothing at all is given (Jupyter without parameters).
+    """
+    given = {name: sections.pop(name, None) for name in ("task", "model", "train", "grid")}
+    if sections:
+        raise ConfigError(f"notebook parameters: unknown section '{next(iter(sections))}' (known: {', '.join(SECTIONS)})")
+    given["llc"] = llc_section(llc)
+    if params_file is None and config is None and all(v is None for v in given.values()) and fallback is not None:
+        params_file = fallback
+    base, source = {}, "notebook parameters"
+    if params_file is not None:
+        path = _find_params(params_file)
+        base, source = read_sections(path), str(path)
+    merged = {name: deep_merge(base.get(name), given.get(name)) for name in SECTIONS}
+    params = seq_params_from_sections(**merged, source=source, flat_base=config)
+    pairs = {legacy_section_key(k): v for k, v in parse_overrides(overrides, "overrides").items()}
+    llc_pairs = {k: v for k, v in pairs.items() if k.startswith("llc.")}
+    cfg = resolve_seq_run(params, {k: v for k, v in pairs.items() if k not in llc_pairs})
+    return cfg, llc_with_overrides(params.llc, llc_pairs, "overrides")
 
 
 def run_dir_for(cfg: RunConfig, run_dir: str | os.PathLike | None = None) -> Path:
     """``run_dir`` if given, else ``outputs/runs/<run_id>`` under the working directory."""
     return Path(run_dir) if run_dir else Path("outputs") / "runs" / cfg.run_id
-
-
-def ensure_trained(cfg: RunConfig, run_dir: Path, quiet: bool = False, force: bool = False) -> tuple[pd.DataFrame, dict]:
-    """Train the run unless ``run_dir`` holds it finished (resuming an interrupted one);
-    return its metrics table and summary. A directory holding another config is refused
-    (:class:`llcgrok.runs.RunDirConflict`); ``force`` replaces it, or retrains this one."""
-    from .train import train
-
-    run_dir = Path(run_dir)
-    if not force and runs.prepare_run_dir(run_dir, runs.training_identity(cfg)) and runs.is_trained(run_dir):
-        return runs.read_metrics(run_dir), runs.read_summary(run_dir)
-    result = train(cfg, run_dir, quiet=quiet, force=force)
-    return result.metrics, result.summary
 
 
 def summary_frame(summary: Mapping) -> pd.DataFrame:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import runs
 from .capacity import BUCKETS, arch_name, find_pairs
 from .config import ModelConfig, TaskConfig
 from .metrics import FLAG_CURVATURE, FLAG_UNHEALTHY, aggregate_over_seeds, as_bool, estimate_flags, flags_of
@@ -45,7 +46,7 @@ def load_trajectories(sweep_dir: str | Path, summary: pd.DataFrame | None = None
     frames = []
     keep = ["run_id", "task", "arch", "num_layers", "d_model", "num_heads", "num_params", "bucket", "seed"]
     for row in summary[summary["status"] == "complete"].itertuples(index=False):
-        path = sweep_dir / "runs" / row.run_id / "llc.csv"
+        path = sweep_dir / "runs" / row.run_id / runs.LLC_CSV
         if not path.exists():
             continue
         frame = pd.read_csv(path)
@@ -203,7 +204,7 @@ def aligned_curves(trajectories: pd.DataFrame, summary: pd.DataFrame) -> pd.Data
 
 
 def _calibration_counts(run_dir: Path) -> tuple[float, float]:
-    path = run_dir / "calibration.csv"
+    path = run_dir / runs.CALIBRATION_CSV
     if not path.exists():
         return math.nan, math.nan
     table = pd.read_csv(path)

@@ -28,7 +28,6 @@ from .seqtasks import chance_loss as sequence_chance_loss
 from .tasks import make_task
 from .train import evaluate as evaluate_classifier
 
-CURVATURE_CSV = "curvature.csv"
 
 
 @dataclass
@@ -92,7 +91,7 @@ def open_run(run_dir, device: str = "auto") -> RunView:
     """The run in ``run_dir`` (modular or sequence task), its data on ``device``."""
     run_dir = Path(run_dir)
     dev = resolve_device(device)
-    view = _sequence(run_dir, dev) if (run_dir / "config.json").exists() and not (run_dir / "config.yaml").exists() else _modular(run_dir, dev)
+    view = _sequence(run_dir, dev) if (run_dir / runs.CONFIG_JSON).exists() and not (run_dir / runs.CONFIG_YAML).exists() else _modular(run_dir, dev)
     if not view.checkpoints:
         raise FileNotFoundError(f"{run_dir}: no checkpoints; train the run first (llcgrok train)")
     return view
@@ -101,7 +100,7 @@ def open_run(run_dir, device: str = "auto") -> RunView:
 def checkpoint_traces(view: RunView, probes: int, seed: int = 0) -> pd.DataFrame:
     """tr(H) of the full-data training loss at every checkpoint (``step``, ``trace_h``,
     ``trace_h_se``), kept in ``curvature.csv`` and computed only for steps it lacks."""
-    path = view.run_dir / CURVATURE_CSV
+    path = view.run_dir / runs.CURVATURE_CSV
     done = pd.read_csv(path) if path.exists() else pd.DataFrame(columns=["step", "trace_h", "trace_h_se", "probes"])
     done = done[done["probes"] == probes] if len(done) else done
     have = {int(s) for s in done["step"]}

@@ -43,7 +43,14 @@ from .model import GrokTransformer, build_model
 
 CHECKPOINT_FORMAT = "llcgrok-checkpoint-v1"
 CHECKPOINT_RE = re.compile(r"^step_(\d+)\.pt$")
-TRACES_NPZ = "llc_traces.npz"
+# Every file of a run directory, named once (the layout above).
+CONFIG_YAML, CONFIG_JSON = "config.yaml", "config.json"  # the main trainer's, the sequence trainer's
+METRICS_CSV, SUMMARY_JSON, STATE_PT = "metrics.csv", "summary.json", "state.pt"
+CHECKPOINTS_DIR, FIGURES_DIR = "checkpoints", "figures"
+LLC_CSV, TRACES_NPZ, CURVATURE_CSV = "llc.csv", "llc_traces.npz", "curvature.csv"
+CALIBRATION_CSV, CALIBRATION_JSON = "calibration.csv", "calibration.json"
+FINGERPRINTS_CSV, PROBES_JSON, DMD_CSV = "fingerprints.csv", "fingerprint_probes.json", "dmd_eigenvalues.csv"
+STATUS_JSON = "status.json"  # written last by a sweep into a config's directory: the config is complete
 # What each checkpoint's entry in TRACES_NPZ holds: LLCEstimate attributes of the same names.
 TRACE_FIELDS = ("loss_trace", "mala_trace", "init_loss", "nbeta", "epsilon", "localization", "num_burnin_steps")
 
@@ -123,7 +130,7 @@ def _json_default(value: Any):
 
 
 def checkpoint_path(run_dir: str | Path, step: int) -> Path:
-    return Path(run_dir) / "checkpoints" / f"step_{step:06d}.pt"
+    return Path(run_dir) / CHECKPOINTS_DIR / f"step_{step:06d}.pt"
 
 
 def save_checkpoint(path: str | Path, model: GrokTransformer, step: int, cfg: RunConfig) -> None:
@@ -168,7 +175,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
 
 def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
     """``[(step, path), ...]`` sorted by step."""
-    folder = Path(run_dir) / "checkpoints"
+    folder = Path(run_dir) / CHECKPOINTS_DIR
     if not folder.is_dir():
         return []
     found = []
@@ -180,11 +187,11 @@ def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
 
 
 def save_state(run_dir: str | Path, state: dict) -> None:
-    atomic_torch_save(Path(run_dir) / "state.pt", state)
+    atomic_torch_save(Path(run_dir) / STATE_PT, state)
 
 
 def load_state(run_dir: str | Path) -> dict | None:
-    path = Path(run_dir) / "state.pt"
+    path = Path(run_dir) / STATE_PT
     if not path.exists():
         return None
     try:
@@ -197,34 +204,34 @@ def load_state(run_dir: str | Path) -> dict | None:
 
 
 def write_config(run_dir: str | Path, cfg: RunConfig) -> None:
-    atomic_write_text(Path(run_dir) / "config.yaml", dump_yaml(cfg.to_dict()))
+    atomic_write_text(Path(run_dir) / CONFIG_YAML, dump_yaml(cfg.to_dict()))
 
 
 def read_config(run_dir: str | Path) -> RunConfig:
-    path = Path(run_dir) / "config.yaml"
+    path = Path(run_dir) / CONFIG_YAML
     if not path.exists():
         raise FileNotFoundError(f"{path}: no config.yaml: is {run_dir} a run directory?")
     return run_config_from_dict(yaml.safe_load(path.read_text()), source=str(path))
 
 
 def read_metrics(run_dir: str | Path) -> pd.DataFrame:
-    return pd.read_csv(Path(run_dir) / "metrics.csv")
+    return pd.read_csv(Path(run_dir) / METRICS_CSV)
 
 
 def read_summary(run_dir: str | Path) -> dict | None:
-    path = Path(run_dir) / "summary.json"
+    path = Path(run_dir) / SUMMARY_JSON
     return json.loads(path.read_text()) if path.exists() else None
 
 
 def is_trained(run_dir: str | Path) -> bool:
-    return (Path(run_dir) / "summary.json").exists()
+    return (Path(run_dir) / SUMMARY_JSON).exists()
 
 
 # --------------------------------------------------------------------------- one config per run directory
 # Checkpoints, metrics, llc.csv, calibration, traces and figures of one config are never read
 # as part of another: both trainers (train.py, seqtrain.py) go through prepare_run_dir.
 
-CONFIG_FILES = ("config.yaml", "config.json")  # the main trainer's, the sequence trainer's
+CONFIG_FILES = (CONFIG_YAML, CONFIG_JSON)
 # What only a run leaves (a sweep's work directory also holds its notebooks and kernel.log
 # before training starts: those alone are not a run).
 RUN_MARKERS = ("checkpoints", "state.pt", "metrics.csv", "summary.json", "llc.csv", "calibration.csv", TRACES_NPZ)

@@ -20,33 +20,34 @@ the training batches since the previous row (restricted by the curriculum).
 
 Batches of ``batch_size`` examples are drawn with replacement from the training set (for
 addition with a curriculum, from the pairs no longer than the current maximum); AdamW,
-learning rate ramped linearly over ``warmup_steps`` then constant. Checkpoints follow
-:func:`llcgrok.train.checkpoint_steps`. A run with ``state.pt`` and the same config
-resumes from its last checkpoint, and gives the same numbers as an uninterrupted one.
+learning rate ramped linearly over ``warmup_steps`` then constant (``lr_schedule``
+"constant", the default) or decayed to 0 at ``num_steps`` ("cosine" or "linear", over the
+last ``decay_steps`` steps when that is positive). Checkpoints follow
+:func:`llcgrok.train.checkpoint_steps`. A run with ``state.pt`` and the same config resumes
+from its last checkpoint, and gives the same numbers as an uninterrupted one.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 import time
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import runs
-from .config import TrainConfig
 from .device import resolve_device
+from .seqconfig import (  # noqa: F401  (re-exported: seqtrain was their home)
+    CHECKPOINT_SCHEDULES, CONFIG_FILE, LR_SCHEDULES, SeqConfig, SeqConfigError, read_seq_config, read_seq_llc,
+    seq_config, validate_seq_config, write_seq_config,
+)
+from .seeding import BATCHES, EVALUATION, INIT, rng_seed
 from .seqtasks import (
-    SEQ_TASKS,
     SeqData,
     addition_metrics,
     answer_cross_entropy,
@@ -57,213 +58,10 @@ from .seqtasks import (
     regression_metrics,
     validate_curriculum,
 )
-from .tiny import TinyConfig, TinyTransformer, build_tiny, validate_tiny
+from .tiny import TinyConfig, TinyTransformer, build_tiny
 from .train import TrainingDiverged, checkpoint_steps
 
 SEQ_CHECKPOINT_FORMAT = "llcgrok-seq-checkpoint-v1"
-CONFIG_FILE = "config.json"
-CHECKPOINT_SCHEDULES = ("log", "linear", "mixed")
-
-
-class SeqConfigError(ValueError):
-    """A mistake in a sequence-task config; the message is one line naming the key."""
-
-
-@dataclass
-class SeqConfig:
-    """One sequence-task run: task, data sizes, model, optimisation, checkpoints."""
-
-    task: str = "fraction_of_x"  # or "addition"
-    # fraction_of_x
-    seq_len: int = 16
-    alphabet_size: int = 4
-    # addition
-    n_digits: int = 10
-    mixed_lengths: bool = True  # training pairs of 1..n_digits digits (needed by a curriculum)
-    curriculum: typing.Optional[typing.List[typing.List[int]]] = None  # [[step, max_digits], ...] from step 0
-    # data
-    n_train: int = 4096
-    n_val: int = 1024
-    data_seed: typing.Optional[int] = None  # None: the run seed
-    # model
-    model: TinyConfig = field(default_factory=TinyConfig)
-    # optimisation
-    lr: float = 3e-3
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.98
-    warmup_steps: int = 50
-    batch_size: int = 128
-    num_steps: int = 2000
-    eval_every: int = 50
-    eval_size: int = 2048  # training examples in the fixed probe for train_loss / train metrics
-    checkpoint_schedule: str = "log"
-    num_checkpoints: int = 12
-    seed: int = 0
-    device: str = "cpu"
-    num_threads: typing.Optional[int] = None  # torch intra-op threads; None leaves torch's default
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @property
-    def run_id(self) -> str:
-        m = self.model
-        ranks = [m.pos_rank, m.qkv_rank, m.attn_out_rank, m.ffn_rank]
-        arch = f"L{m.num_layers}-d{m.d_model}-h{m.num_heads}-f{m.d_ff}" + ("-r" + ".".join(map(str, ranks)) if any(ranks) else "")
-        head = f"fx-A{self.alphabet_size}-T{self.seq_len}" if self.task == "fraction_of_x" else f"add{self.n_digits}"
-        if self.task == "addition" and self.curriculum:
-            head += "-cur"
-        return f"{head}-{arch}-s{self.seed}"
-
-    def train_config(self) -> TrainConfig:
-        """The main trainer's TrainConfig for the fields they share (checkpoint schedule)."""
-        return TrainConfig(lr=self.lr, weight_decay=self.weight_decay, warmup_steps=self.warmup_steps,
-                           batch_size=self.batch_size, num_steps=self.num_steps, eval_every=self.eval_every,
-                           checkpoint_schedule=self.checkpoint_schedule, num_checkpoints=self.num_checkpoints,
-                           seed=self.seed)
-
-
-# --------------------------------------------------------------------------- config from a mapping
-
-
-def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin is typing.Union:
-        if value is None:
-            return None
-        return _coerce(value, [a for a in args if a is not type(None)][0], key, source)
-    if origin in (list, typing.List):
-        if not isinstance(value, (list, tuple)):
-            raise SeqConfigError(f"{source}: '{key}' must be a list, got {value!r}")
-        return [_coerce(v, args[0], f"{key}[{i}]", source) for i, v in enumerate(value)]
-    if tp is bool and isinstance(value, bool):
-        return value
-    if tp is int and not isinstance(value, bool):
-        if isinstance(value, (int, np.integer)):
-            return int(value)
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-    if tp is float and not isinstance(value, bool):
-        number = None
-        if isinstance(value, (int, float, np.integer, np.floating)):
-            number = float(value)
-        elif isinstance(value, str):
-            try:
-                number = float(value)
-            except ValueError:
-                pass
-        if number is not None:
-            if not math.isfinite(number):  # NaN passes every range check
-                raise SeqConfigError(f"{source}: '{key}' must be finite, got {value!r}")
-            return number
-    if tp is str and isinstance(value, str):
-        return value
-    raise SeqConfigError(f"{source}: '{key}' must be {getattr(tp, '__name__', tp)}, got {value!r}")
-
-
-def _merge(cls: type, data: Mapping | None, prefix: str, source: str, base=None):
-    obj = dataclasses.replace(base) if base is not None else cls()
-    if data is None:
-        return obj
-    if not isinstance(data, Mapping):
-        raise SeqConfigError(f"{source}: '{prefix or 'config'}' must be a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    for key, value in data.items():
-        dotted = f"{prefix}{key}"
-        if key not in names:
-            raise SeqConfigError(f"{source}: unknown key '{dotted}' (known: {', '.join(sorted(names))})")
-        tp = hints[key]
-        if dataclasses.is_dataclass(tp):
-            value = _merge(tp, value, f"{dotted}.", source, getattr(obj, key))
-        else:
-            value = _coerce(value, tp, dotted, source)
-        setattr(obj, key, value)
-    return obj
-
-
-def seq_config(data: Mapping | SeqConfig | None = None, *, source: str = "sequence config", **overrides) -> SeqConfig:
-    """A validated SeqConfig from a (partial) mapping merged onto the defaults, then the
-    keyword ``overrides`` (``model`` may be a partial mapping too)."""
-    if isinstance(data, SeqConfig):
-        data = data.to_dict()
-    merged = dict(data or {})
-    for key, value in overrides.items():
-        if key == "model" and isinstance(value, Mapping):
-            merged["model"] = {**(merged.get("model") or {}), **value}
-        else:
-            merged[key] = value
-    if isinstance(merged.get("model"), TinyConfig):
-        merged["model"] = merged["model"].to_dict()
-    cfg = _merge(SeqConfig, merged, "", source)
-    validate_seq_config(cfg, source)
-    return cfg
-
-
-def validate_seq_config(cfg: SeqConfig, source: str = "sequence config") -> SeqConfig:
-    def fail(message: str):
-        raise SeqConfigError(f"{source}: {message}")
-
-    if cfg.task not in SEQ_TASKS:
-        fail(f"'task' must be one of {', '.join(SEQ_TASKS)}, got {cfg.task!r}")
-    for key in ("n_train", "n_val", "batch_size", "num_steps", "eval_every", "eval_size", "num_checkpoints"):
-        if getattr(cfg, key) < 1:
-            fail(f"'{key}' must be a positive integer, got {getattr(cfg, key)}")
-    if cfg.warmup_steps < 0:
-        fail(f"'warmup_steps' must be >= 0, got {cfg.warmup_steps}")
-    for key in ("lr",):
-        if not (getattr(cfg, key) > 0 and math.isfinite(getattr(cfg, key))):
-            fail(f"'{key}' must be a positive number, got {getattr(cfg, key)}")
-    if not cfg.weight_decay >= 0:
-        fail(f"'weight_decay' must be >= 0, got {cfg.weight_decay}")
-    for key in ("beta1", "beta2"):
-        if not 0 <= getattr(cfg, key) < 1:
-            fail(f"'{key}' must lie in [0, 1), got {getattr(cfg, key)}")
-    if cfg.checkpoint_schedule not in CHECKPOINT_SCHEDULES:
-        fail(f"'checkpoint_schedule' must be one of {', '.join(CHECKPOINT_SCHEDULES)}, got {cfg.checkpoint_schedule!r}")
-    if cfg.task == "fraction_of_x":
-        if cfg.alphabet_size < 2:
-            fail(f"'alphabet_size' must be >= 2 (letter 0 is x), got {cfg.alphabet_size}")
-        if cfg.seq_len < 1:
-            fail(f"'seq_len' must be a positive integer, got {cfg.seq_len}")
-        if cfg.curriculum is not None:
-            fail("'curriculum' applies to the addition task only")
-        if cfg.n_train + cfg.n_val > cfg.alphabet_size**cfg.seq_len:
-            fail(f"n_train + n_val = {cfg.n_train + cfg.n_val} exceeds the {cfg.alphabet_size**cfg.seq_len} distinct sequences")
-        vocab, seq_len, output = cfg.alphabet_size, cfg.seq_len, "scalar"
-    else:
-        if not 1 <= cfg.n_digits <= 18:
-            fail(f"'n_digits' must lie in 1..18, got {cfg.n_digits}")
-        if cfg.n_train + cfg.n_val > 100**cfg.n_digits:
-            fail(f"n_train + n_val = {cfg.n_train + cfg.n_val} exceeds the {100**cfg.n_digits} distinct pairs")
-        try:
-            validate_curriculum(cfg.curriculum, cfg.n_digits)
-        except ValueError as exc:
-            fail(f"'curriculum': {exc}")
-        if cfg.curriculum is not None and not cfg.mixed_lengths:
-            fail("a 'curriculum' needs 'mixed_lengths: true' (otherwise almost no pair is short)")
-        vocab, seq_len, output = 12, 3 * cfg.n_digits + 2, "tokens"
-    try:
-        validate_tiny(cfg.model, vocab, seq_len, output)
-    except ValueError as exc:
-        fail(str(exc))
-    return cfg
-
-
-def read_seq_config(run_dir) -> SeqConfig:
-    path = Path(run_dir) / CONFIG_FILE
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no {CONFIG_FILE}: is {run_dir} a sequence-task run directory?")
-    data = json.loads(path.read_text())
-    data.pop("kind", None)
-    return seq_config(data, source=str(path))
-
-
-def write_seq_config(run_dir, cfg: SeqConfig) -> None:
-    runs.atomic_write_json(Path(run_dir) / CONFIG_FILE, {"kind": "sequence", **cfg.to_dict()})
-
-
 # --------------------------------------------------------------------------- data, model, checkpoints
 
 
@@ -364,7 +162,12 @@ class SeqTrainResult:
 
 
 def _lr(cfg: SeqConfig, update: int) -> float:
-    return cfg.lr if cfg.warmup_steps == 0 else cfg.lr * min(update / cfg.warmup_steps, 1.0)
+    lr = cfg.lr if cfg.warmup_steps == 0 else cfg.lr * min(update / cfg.warmup_steps, 1.0)
+    start = cfg.warmup_steps if cfg.decay_steps == 0 else max(cfg.num_steps - cfg.decay_steps, cfg.warmup_steps)
+    if cfg.lr_schedule == "constant" or update < start:
+        return lr
+    progress = min((update - start) / max(cfg.num_steps - start, 1), 1.0)
+    return lr * (0.5 * (1.0 + math.cos(math.pi * progress)) if cfg.lr_schedule == "cosine" else 1.0 - progress)
 
 
 def _training_dict(cfg: SeqConfig) -> dict:
@@ -374,75 +177,144 @@ def _training_dict(cfg: SeqConfig) -> dict:
     return out
 
 
-def _prepare_run_dir(run_dir: Path, cfg: SeqConfig, force: bool) -> bool:
+def prepare_seq_run_dir(run_dir: Path, cfg: SeqConfig, force: bool = False) -> bool:
     """:func:`llcgrok.runs.prepare_run_dir` for a sequence-task run (its config.json)."""
     return runs.prepare_run_dir(run_dir, _training_dict(cfg), lambda d: _training_dict(read_seq_config(d)),
                                 config_file=CONFIG_FILE, force=force)
 
 
+@dataclass
+class _Loop:
+    """What one sequence training run carries from step to step."""
+
+    cfg: SeqConfig
+    model: TinyTransformer
+    optimizer: torch.optim.Optimizer
+    batch_gen: torch.Generator
+    data: SeqData
+    dev: SeqData  # the data on the training device
+    probe: torch.Tensor  # fixed training examples for train_loss and the train metrics
+    curriculum: list
+    rows: list = field(default_factory=list)
+    start_step: int = 0
+    elapsed_before: float = 0.0
+
+
+def _start(cfg: SeqConfig, device) -> _Loop:
+    data = make_seq_data(cfg)
+    torch.manual_seed(rng_seed(cfg.seed, INIT))
+    model = build_seq_model(cfg).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
+    batch_gen = torch.Generator().manual_seed(rng_seed(cfg.seed, BATCHES))
+    probe_gen = torch.Generator().manual_seed(rng_seed(cfg.seed, EVALUATION))
+    probe = torch.randperm(cfg.n_train, generator=probe_gen)[: min(cfg.eval_size, cfg.n_train)].sort().values.to(device)
+    curriculum = validate_curriculum(cfg.curriculum, cfg.n_digits) if cfg.task == "addition" else []
+    return _Loop(cfg, model, optimizer, batch_gen, data, data.to(device), probe, curriculum)
+
+
+def _resume(loop: _Loop, run_dir: Path, resume: bool, force: bool, llc: Mapping | None) -> None:
+    """Prepare the run directory; continue from its state when it holds this config."""
+    cfg = loop.cfg
+    if prepare_seq_run_dir(run_dir, cfg, force) and not resume:
+        runs.replace_run_dir(run_dir)
+    state = runs.load_state(run_dir) if resume else None
+    if state is not None and state.get("kind") == "sequence" and state.get("config") == _training_dict(cfg):
+        loop.model.load_state_dict(state["model"])
+        loop.optimizer.load_state_dict(state["optimizer"])
+        loop.batch_gen.set_state(state["batch_gen"])
+        loop.rows, loop.start_step, loop.elapsed_before = list(state["rows"]), int(state["step"]), float(state.get("elapsed_s", 0.0))
+    write_seq_config(run_dir, cfg, llc if llc is not None else read_seq_llc(run_dir))
+    if loop.start_step == 0:
+        save_seq_checkpoint(runs.checkpoint_path(run_dir, 0), loop.model, 0, cfg)
+
+
+def _batch(loop: _Loop, step: int, eligible: dict) -> torch.Tensor:
+    """The training batch's indices: from the pairs the curriculum allows at ``step``."""
+    cfg = loop.cfg
+    max_digits = max_digits_at(loop.curriculum, step, cfg.n_digits) if cfg.task == "addition" else None
+    if max_digits is not None and max_digits < cfg.n_digits:
+        pool = eligible[max_digits]
+        if len(pool) == 0:
+            raise SeqConfigError(f"curriculum at step {step}: no training pair has at most {max_digits} digits")
+        return pool[torch.randint(len(pool), (cfg.batch_size,), generator=loop.batch_gen)]
+    return torch.randint(cfg.n_train, (cfg.batch_size,), generator=loop.batch_gen)
+
+
+def _eval_row(loop: _Loop, step: int, batch_loss: float) -> dict:
+    cfg, dev = loop.cfg, loop.dev
+    tr = evaluate_seq(loop.model, cfg.task, dev.train_inputs[loop.probe], dev.train_targets[loop.probe])
+    va = evaluate_seq(loop.model, cfg.task, dev.val_inputs, dev.val_targets)
+    row = {"step": step, "train_loss": tr["loss"], "val_loss": va["loss"], "batch_loss": batch_loss}
+    for name in metric_names(cfg.task):
+        row[f"train_{name}"], row[f"val_{name}"] = tr[name], va[name]
+    if cfg.task == "addition":
+        row["max_digits"] = max_digits_at(loop.curriculum, step - 1, cfg.n_digits)
+    return row
+
+
+def _save(loop: _Loop, run_dir: Path, step: int, elapsed: float) -> None:
+    cfg = loop.cfg
+    save_seq_checkpoint(runs.checkpoint_path(run_dir, step), loop.model, step, cfg)
+    runs.save_state(run_dir, {
+        "kind": "sequence", "config": _training_dict(cfg), "step": step, "model": loop.model.state_dict(),
+        "optimizer": loop.optimizer.state_dict(), "batch_gen": loop.batch_gen.get_state(), "rows": loop.rows,
+        "elapsed_s": elapsed,
+    })
+    runs.atomic_write_csv(run_dir / runs.METRICS_CSV, pd.DataFrame(loop.rows, columns=metric_columns(cfg.task)))
+
+
+def _summary(loop: _Loop, table: pd.DataFrame, step: int, elapsed: float, device) -> dict:
+    cfg = loop.cfg
+    final = table.iloc[-1].to_dict() if len(table) else {}
+    summary: dict[str, Any] = {
+        "run_id": cfg.run_id, "task": cfg.task, "num_params": loop.model.num_params, "model": loop.model.describe(),
+        "num_steps_run": step, "final_train_loss": final.get("train_loss"), "final_val_loss": final.get("val_loss"),
+    }
+    for name in metric_names(cfg.task):
+        summary[f"final_train_{name}"] = final.get(f"train_{name}")
+        summary[f"final_val_{name}"] = final.get(f"val_{name}")
+    if cfg.task == "fraction_of_x":
+        base = mean_baseline(loop.data.train_targets, loop.data.val_targets)
+        summary["baseline_val_mae"], summary["baseline_val_mse"] = base["mae"], base["mse"]
+    else:
+        hit = table[table["val_exact_match"] >= 0.99]
+        summary["steps_to_exact_match_0.99"] = int(hit["step"].iloc[0]) if len(hit) else None
+        summary["best_val_exact_match"] = float(table["val_exact_match"].max()) if len(table) else None
+    summary.update({"wall_time_s": round(elapsed, 3), "ms_per_step": round(1000 * elapsed / max(step, 1), 3), "device": str(device)})
+    return {k: (v.item() if hasattr(v, "item") else v) for k, v in summary.items()}
+
+
 def train_sequence(cfg: SeqConfig | Mapping, run_dir=None, *, quiet: bool = True, resume: bool = True,
-                   force: bool = False) -> SeqTrainResult:
+                   force: bool = False, llc: Mapping | None = None) -> SeqTrainResult:
     """Train one sequence-task config; with ``run_dir``, write the run directory there and
     resume from its last checkpoint when it holds the same config. Another config there is
     refused (:class:`llcgrok.runs.RunDirConflict`); ``force`` replaces it whole, and
-    ``resume=False`` starts this config over."""
+    ``resume=False`` starts this config over. ``llc``: the llc section to keep in config.json."""
     cfg = cfg if isinstance(cfg, SeqConfig) else seq_config(cfg)
     validate_seq_config(cfg)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     device = resolve_device(cfg.device)
-    data = make_seq_data(cfg)
-    dev = data.to(device)
-    torch.manual_seed(cfg.seed * 1_000_003)
-    model = build_seq_model(cfg).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
-    batch_gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 1)
-    probe_gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 2)
-    probe = torch.randperm(cfg.n_train, generator=probe_gen)[: min(cfg.eval_size, cfg.n_train)].sort().values.to(device)
-    curriculum = validate_curriculum(cfg.curriculum, cfg.n_digits) if cfg.task == "addition" else []
-    columns = metric_columns(cfg.task)
-    rows: list[dict] = []
-    start_step, elapsed_before = 0, 0.0
+    loop = _start(cfg, device)
     save_points = set(checkpoint_steps(cfg.train_config()))
-
     if run_dir is not None:
         run_dir = Path(run_dir)
-        if _prepare_run_dir(run_dir, cfg, force) and not resume:
-            runs.replace_run_dir(run_dir)
-        state = runs.load_state(run_dir) if resume else None
-        if state is not None and state.get("kind") == "sequence" and state.get("config") == _training_dict(cfg):
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            batch_gen.set_state(state["batch_gen"])
-            rows, start_step, elapsed_before = list(state["rows"]), int(state["step"]), float(state.get("elapsed_s", 0.0))
-        write_seq_config(run_dir, cfg)
-        if start_step == 0:
-            save_seq_checkpoint(runs.checkpoint_path(run_dir, 0), model, 0, cfg)
-
-    if cfg.task == "addition":
-        lengths = data.train_lengths
-        eligible = {m: torch.nonzero(lengths <= m).squeeze(1) for m in range(1, cfg.n_digits + 1)}
+        _resume(loop, run_dir, resume, force, llc)
+    lengths = loop.data.train_lengths if cfg.task == "addition" else None
+    eligible = {m: torch.nonzero(lengths <= m).squeeze(1) for m in range(1, cfg.n_digits + 1)} if lengths is not None else {}
     loss_sum, batches = torch.zeros(()), 0
-    model.train()
+    loop.model.train()
     t0 = time.perf_counter()
-    bar = tqdm(total=cfg.num_steps, initial=start_step, disable=quiet, desc=cfg.run_id, unit="step", leave=False)
-    step = start_step
+    bar = tqdm(total=cfg.num_steps, initial=loop.start_step, disable=quiet, desc=cfg.run_id, unit="step", leave=False)
+    step = loop.start_step
     while step < cfg.num_steps:
-        for group in optimizer.param_groups:
+        for group in loop.optimizer.param_groups:
             group["lr"] = _lr(cfg, step)
-        max_digits = max_digits_at(curriculum, step, cfg.n_digits) if cfg.task == "addition" else None
-        if max_digits is not None and max_digits < cfg.n_digits:
-            pool = eligible[max_digits]
-            if len(pool) == 0:
-                raise SeqConfigError(f"curriculum at step {step}: no training pair has at most {max_digits} digits")
-            idx = pool[torch.randint(len(pool), (cfg.batch_size,), generator=batch_gen)]
-        else:
-            idx = torch.randint(cfg.n_train, (cfg.batch_size,), generator=batch_gen)
-        idx = idx.to(device)
-        loss = _batch_loss(cfg.task, model, dev.train_inputs[idx], dev.train_targets[idx])
-        optimizer.zero_grad(set_to_none=True)
+        idx = _batch(loop, step, eligible).to(device)
+        loss = _batch_loss(cfg.task, loop.model, loop.dev.train_inputs[idx], loop.dev.train_targets[idx])
+        loop.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
+        loop.optimizer.step()
         step += 1
         loss_sum += loss.detach().cpu()
         batches += 1
@@ -452,54 +324,25 @@ def train_sequence(cfg: SeqConfig | Mapping, run_dir=None, *, quiet: bool = True
             if not math.isfinite(batch_loss):
                 bar.close()
                 raise TrainingDiverged(step, f"training loss is {batch_loss}")
-            tr = evaluate_seq(model, cfg.task, dev.train_inputs[probe], dev.train_targets[probe])
-            va = evaluate_seq(model, cfg.task, dev.val_inputs, dev.val_targets)
-            row = {"step": step, "train_loss": tr["loss"], "val_loss": va["loss"], "batch_loss": batch_loss}
-            for name in metric_names(cfg.task):
-                row[f"train_{name}"], row[f"val_{name}"] = tr[name], va[name]
-            if cfg.task == "addition":
-                row["max_digits"] = max_digits_at(curriculum, step - 1, cfg.n_digits)
-            rows.append(row)
+            loop.rows.append(_eval_row(loop, step, batch_loss))
             loss_sum.zero_()
             batches = 0
             name = metric_names(cfg.task)[0]
-            bar.set_postfix(val_loss=f"{va['loss']:.3g}", **{f"val_{name}": f"{va[name]:.3f}"}, refresh=False)
+            bar.set_postfix(val_loss=f"{loop.rows[-1]['val_loss']:.3g}", **{f"val_{name}": f"{loop.rows[-1][f'val_{name}']:.3f}"}, refresh=False)
         if run_dir is not None and step in save_points:
-            save_seq_checkpoint(runs.checkpoint_path(run_dir, step), model, step, cfg)
-            runs.save_state(run_dir, {
-                "kind": "sequence", "config": _training_dict(cfg), "step": step, "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(), "batch_gen": batch_gen.get_state(), "rows": rows,
-                "elapsed_s": elapsed_before + time.perf_counter() - t0,
-            })
-            runs.atomic_write_csv(run_dir / "metrics.csv", pd.DataFrame(rows, columns=columns))
+            _save(loop, run_dir, step, loop.elapsed_before + time.perf_counter() - t0)
     bar.close()
-
-    elapsed = elapsed_before + time.perf_counter() - t0
-    table = pd.DataFrame(rows, columns=columns)
-    final = table.iloc[-1].to_dict() if len(table) else {}
-    summary: dict[str, Any] = {
-        "run_id": cfg.run_id, "task": cfg.task, "num_params": model.num_params, "model": model.describe(),
-        "num_steps_run": step, "final_train_loss": final.get("train_loss"), "final_val_loss": final.get("val_loss"),
-    }
-    for name in metric_names(cfg.task):
-        summary[f"final_train_{name}"] = final.get(f"train_{name}")
-        summary[f"final_val_{name}"] = final.get(f"val_{name}")
-    if cfg.task == "fraction_of_x":
-        base = mean_baseline(data.train_targets, data.val_targets)
-        summary["baseline_val_mae"], summary["baseline_val_mse"] = base["mae"], base["mse"]
-    else:
-        hit = table[table["val_exact_match"] >= 0.99]
-        summary["steps_to_exact_match_0.99"] = int(hit["step"].iloc[0]) if len(hit) else None
-        summary["best_val_exact_match"] = float(table["val_exact_match"].max()) if len(table) else None
-    summary.update({"wall_time_s": round(elapsed, 3), "ms_per_step": round(1000 * elapsed / max(step, 1), 3), "device": str(device)})
-    summary = {k: (v.item() if hasattr(v, "item") else v) for k, v in summary.items()}
+    elapsed = loop.elapsed_before + time.perf_counter() - t0
+    table = pd.DataFrame(loop.rows, columns=metric_columns(cfg.task))
+    summary = _summary(loop, table, step, elapsed, device)
     if run_dir is not None:
-        runs.atomic_write_csv(run_dir / "metrics.csv", table)
-        runs.atomic_write_json(run_dir / "summary.json", summary)  # last: marks the run finished
-    return SeqTrainResult(model=model, metrics=table, summary=summary, data=data)
+        runs.atomic_write_csv(run_dir / runs.METRICS_CSV, table)
+        runs.atomic_write_json(run_dir / runs.SUMMARY_JSON, summary)  # last: marks the run finished
+    return SeqTrainResult(model=loop.model, metrics=table, summary=summary, data=loop.data)
 
 
-def ensure_trained(cfg: SeqConfig | Mapping, run_dir, *, quiet: bool = True, force: bool = False) -> tuple[pd.DataFrame, dict]:
+def ensure_trained(cfg: SeqConfig | Mapping, run_dir, *, quiet: bool = True, force: bool = False,
+                   llc: Mapping | None = None) -> tuple[pd.DataFrame, dict]:
     """Train unless the run directory already holds this config, finished (resuming an
     interrupted one); return its metrics table and summary. Another config there is
     refused; ``force`` replaces it. Sets ``cfg.num_threads`` torch threads either way."""
@@ -507,9 +350,9 @@ def ensure_trained(cfg: SeqConfig | Mapping, run_dir, *, quiet: bool = True, for
     run_dir = Path(run_dir)
     if cfg.num_threads:  # also for the LLC estimates that usually follow in the same process
         torch.set_num_threads(cfg.num_threads)
-    if not force and _prepare_run_dir(run_dir, cfg, False) and runs.is_trained(run_dir):
-        return pd.read_csv(run_dir / "metrics.csv"), runs.read_summary(run_dir)
-    result = train_sequence(cfg, run_dir, quiet=quiet, force=force)
+    if not force and prepare_seq_run_dir(run_dir, cfg, False) and runs.is_trained(run_dir):
+        return pd.read_csv(run_dir / runs.METRICS_CSV), runs.read_summary(run_dir)
+    result = train_sequence(cfg, run_dir, quiet=quiet, force=force, llc=llc)
     return result.metrics, result.summary
 
 

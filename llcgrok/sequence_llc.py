@@ -22,20 +22,27 @@ _CALIBRATION_KEYS = {
     "max_burnin_steps": "max_burnin_steps", "mala_band": "mala_band", "calibration_checkpoints": "checkpoints",
 }
 _IGNORED = {"calibration_draws"}  # calibration uses the trajectory's draws since rule v4
+FLAT_ONLY_KEYWORDS = (*_CALIBRATION_KEYS, *_IGNORED, "strict")  # keywords that an llc section does not have
 KNOWN_KEYWORDS = (*(f.name for f in dataclasses.fields(LLCConfig) if f.name != "calibration"), *_CALIBRATION_KEYS, *_IGNORED, "strict")
+
+
+def llc_section_from_keywords(**keywords) -> dict:
+    """The (partial) llc section that flat keywords set (``None`` values: the default)."""
+    section: dict = {}
+    for key, value in keywords.items():
+        if value is None or key in _IGNORED:
+            continue
+        value = list(value) if isinstance(value, (tuple, list)) else value
+        if key in _CALIBRATION_KEYS:
+            section.setdefault("calibration", {})[_CALIBRATION_KEYS[key]] = value
+        else:
+            section[key] = value
+    return section
 
 
 def llc_config_from_keywords(**keywords) -> LLCConfig:
     """An LLCConfig from flat keywords (``None`` values mean the library default)."""
-    section: dict = {"calibration": {}}
-    for key, value in keywords.items():
-        if value is None or key in _IGNORED:
-            continue
-        if key in _CALIBRATION_KEYS:
-            section["calibration"][_CALIBRATION_KEYS[key]] = list(value) if isinstance(value, (tuple, list)) else value
-        else:
-            section[key] = list(value) if isinstance(value, tuple) else value
-    return build_section(LLCConfig, section, "llc", "sequence LLC keywords")
+    return build_section(LLCConfig, llc_section_from_keywords(**keywords), "llc", "sequence LLC keywords")
 
 
 def sequence_llc_trajectory(run_dir, *, strict: bool = False, quiet: bool = True, **keywords) -> pd.DataFrame:

@@ -358,7 +358,7 @@ def _results(losses: np.ndarray, acceptance: np.ndarray, seconds: float) -> list
 
 def run_payload(payload: bytes, specs: Sequence[ChainSpec]) -> list[ChainResult]:
     """Worker-process entry: ``payload`` is ``_devinterp.pack_job(model, data, evaluate)``."""
-    import cloudpickle
+    import cloudpickle  # lazy: only chain worker processes unpack a job
 
     model, data, evaluate = cloudpickle.loads(payload)
     return sample_chains(model, data, evaluate, specs)

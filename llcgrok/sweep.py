@@ -1,5 +1,9 @@
 """Sweeps: one executed set of notebooks per config, then the report.
 
+What a params file's configs are, which notebooks run each and with which parameters, and
+how ``summary.csv`` is written, is its study (:mod:`llcgrok.study`: the modular tasks;
+:mod:`llcgrok.seqstudy`: addition and fraction_of_x); this module executes any study.
+
 Layout of a sweep directory::
 
     runs/<run_id>/            finished configs: a run directory, its executed notebooks,
@@ -48,24 +52,26 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from . import filelock, runs
-from .capacity import bucket_lookup, grid_table
-from .config import ConfigError, Params, RunConfig, expand, run_id_for, set_dotted, validate_run
+from .config import ConfigError, Params
+from .seqparams import SeqParams
+from .seqstudy import sequence_study
+from .study import (  # noqa: F401  (study_configs, SUMMARY_COLUMNS, ...: imported from here too)
+    LLC_SUMMARY_COLUMNS,
+    PER_CONFIG_NOTEBOOKS,
+    SUMMARY_COLUMNS,
+    Study,
+    _section_parameters,
+    modular_study,
+    notebooks_for,
+    report_notebook_for,
+    study_configs,
+    summary_row,
+    write_summary,
+)
 
-PER_CONFIG_NOTEBOOKS = ("train.ipynb", "calibrate.ipynb", "llc_trajectory.ipynb")
-REPORT_NOTEBOOK = "capacity_report.ipynb"
 DEFAULT_THREADS = 1
 SESSION_FILE = ".session.json"
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
-
-SUMMARY_COLUMNS = [
-    "run_id", "task", "num_layers", "d_model", "num_heads", "num_params", "bucket", "seed",
-    "steps_to_memorization", "steps_to_grokking", "min_val_acc_after_grokking",
-    "frac_evals_above_after_grokking", "num_drops_after_grokking", "final_train_acc",
-    "final_val_acc", "llc_peak", "llc_peak_step", "llc_final",
-    # the sampler settings behind the LLC columns: values compare only at equal nbeta and localization
-    "llc_epsilon", "llc_nbeta", "llc_localization", "llc_calibrated", "status",
-]
-LLC_SUMMARY_COLUMNS = ["llc_peak", "llc_peak_step", "llc_final", "llc_epsilon", "llc_nbeta", "llc_localization", "llc_calibrated"]
 
 
 @dataclass
@@ -88,36 +94,21 @@ def notebooks_dir() -> Path:
     return folder
 
 
-def load_notebooks(folder: str | Path | None = None) -> dict:
-    """``{name: NotebookNode}`` of the per-config notebooks. A sweep sends these to its
-    workers with every task, so a worker runs exactly the notebooks the sweep was started
+def load_notebooks(folder: str | Path | None = None, names: Sequence[str] = PER_CONFIG_NOTEBOOKS) -> dict:
+    """``{name: NotebookNode}`` of the per-config notebooks ``names``. A sweep sends these to
+    its workers with every task, so a worker runs exactly the notebooks the sweep was started
     with and needs no checkout of its own."""
     import nbformat
 
     folder = Path(folder) if folder else notebooks_dir()
-    return {name: nbformat.read(folder / name, as_version=4) for name in PER_CONFIG_NOTEBOOKS}
+    return {name: nbformat.read(folder / name, as_version=4) for name in names}
 
 
-def study_configs(params: Params, overrides: Mapping[str, Any] | None = None) -> list[tuple[str, RunConfig]]:
-    """``[(run_id, config), ...]`` of the whole study, overrides applied to every config."""
-    extra_axes = list(params.grid.axes)
-    out, seen = [], set()
-    for cfg in expand(params):
-        for key, value in (overrides or {}).items():
-            set_dotted(cfg, key, value, "--set")
-        if overrides:
-            validate_run(cfg, "--set")  # an override can make a valid config impossible
-        run_id = run_id_for(cfg, extra_axes)
-        if run_id in seen:
-            raise ConfigError(f"{params.source}: two configs share the run id {run_id}")
-        seen.add(run_id)
-        out.append((run_id, cfg))
-    return out
-
-
-def _section_parameters(cfg: RunConfig) -> dict:
-    data = cfg.to_dict()
-    return {name: data[name] for name in ("task", "model", "train", "llc")}
+def study_for(params: Params | SeqParams, overrides: Mapping[str, Any] | None = None) -> Study:
+    """The study of a params file: its configs, their notebooks and parameters, its summary."""
+    if isinstance(params, SeqParams):
+        return sequence_study(params, overrides)
+    return modular_study(params, overrides)
 
 
 def _one_line(text: Any) -> str:
@@ -278,7 +269,7 @@ def execute_config(
                      "workers need the output directory on a shared filesystem, at the same path",
         }
     if isinstance(notebooks, (str, os.PathLike)):
-        notebooks = load_notebooks(notebooks)
+        notebooks = load_notebooks(notebooks, notebooks_for(config))
     final = sweep / "runs" / run_id
     if _is_finished(final):
         return {"run_id": run_id, "status": "skipped"}
@@ -423,8 +414,65 @@ def _run_dask(client, jobs: list[tuple], session: str, quiet: bool) -> Iterator[
                 client.cancel(list(futures), force=True)
 
 
+def _check_options(workers: int, threads: int, scheduler: str | None, cluster: str | None) -> None:
+    if workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {workers}")
+    if threads < 1:
+        raise ConfigError(f"threads must be at least 1, got {threads}")
+    if scheduler and cluster:
+        raise ConfigError("--scheduler and --cluster exclude each other")
+    if cluster not in (None, "local"):
+        raise ConfigError(f"--cluster: only 'local' is known, got {cluster!r}")
+
+
+def _pending_jobs(study: Study, out: Path, notebooks: Mapping, threads: int, session: str, result: SweepResult) -> list[tuple]:
+    """The ``execute_config`` arguments of every config not finished yet (the finished ones
+    go to ``result.skipped``); each job carries only the notebooks its config runs."""
+    jobs = []
+    for item in study.configs:
+        if _is_finished(out / "runs" / item.run_id):
+            result.skipped.append(item.run_id)
+            continue
+        own = {name: notebooks[name] for name in item.notebooks}
+        jobs.append((item.run_id, item.parameters, str(out), own, threads, session))
+    return jobs
+
+
+def _collect(status: dict, out: Path, result: SweepResult, quiet: bool) -> None:
+    run_id = status["run_id"]
+    if status["status"] == "failed":
+        result.failed[run_id] = status["error"]
+        if not status.get("recorded"):
+            _record_failure(out, run_id, status["error"])
+        if not quiet:
+            tqdm.write(f"failed: {run_id}: {status['error']}", file=sys.stderr)
+    elif status["status"] == "complete":
+        result.completed.append(run_id)
+    else:
+        result.skipped.append(run_id)
+
+
+def _close(*things) -> None:
+    """Close the Dask client and cluster a sweep holds (None: not held); a failing close
+    must not hide the sweep's own outcome or exception."""
+    for thing in things:
+        if thing is not None:
+            with contextlib.suppress(Exception):
+                thing.close()
+
+
+def _print_outcome(out: Path, result: SweepResult) -> None:
+    print(
+        f"sweep {out}: {len(result.completed)} run, {len(result.skipped)} skipped, "
+        f"{len(result.failed)} failed in {result.wall_time_s:.0f} s",
+        file=sys.stderr,
+    )
+    for run_id, error in result.failed.items():
+        print(f"  FAILED {run_id}: {error}  (details in {out / 'failed' / run_id})", file=sys.stderr)
+
+
 def run_sweep(
-    params: Params,
+    params: Params | SeqParams,
     out: Path,
     *,
     workers: int = 1,
@@ -436,23 +484,17 @@ def run_sweep(
     threads: int = DEFAULT_THREADS,
     figure_formats: Sequence[str] | None = None,
 ) -> SweepResult:
-    """Run every config of ``params`` into ``out``; skip finished ones; report at the end.
+    """Run every config of ``params`` (modular or sequence tasks: :func:`study_for`) into
+    ``out``; skip finished ones; report at the end.
 
     ``workers`` local processes (or, with ``cluster="local"``, Dask LocalCluster workers),
     or the workers of the Dask scheduler at ``scheduler``; ``threads`` torch threads per
     config in every case, so that results do not depend on the choice. ``figure_formats``:
     the report's figures in each (:func:`write_report`).
     """
-    if workers < 1:
-        raise ConfigError(f"--workers must be at least 1, got {workers}")
-    if threads < 1:
-        raise ConfigError(f"threads must be at least 1, got {threads}")
-    if scheduler and cluster:
-        raise ConfigError("--scheduler and --cluster exclude each other")
-    if cluster not in (None, "local"):
-        raise ConfigError(f"--cluster: only 'local' is known, got {cluster!r}")
-    configs = study_configs(params, overrides)
-    notebooks = load_notebooks()
+    _check_options(workers, threads, scheduler, cluster)
+    study = study_for(params, overrides)
+    notebooks = load_notebooks(names=study.notebook_names)
     out = Path(out).resolve()  # absolute: Dask workers do not share this working directory
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out: {out} exists and is not a directory")
@@ -467,110 +509,32 @@ def run_sweep(
                 "session": session, "host": socket.gethostname(), "pid": os.getpid(),
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             })
-            source = Path(params.source)
+            source = Path(study.source)
             runs.atomic_write_text(out / "params.yaml", source.read_text() if source.is_file() else "")
-            jobs = []
-            for run_id, cfg in configs:
-                if _is_finished(out / "runs" / run_id):
-                    result.skipped.append(run_id)
-                    continue
-                jobs.append((run_id, _section_parameters(cfg), str(out), notebooks, threads, session))
+            jobs = _pending_jobs(study, out, notebooks, threads, session, result)
             if result.skipped and not quiet:
-                print(f"{len(result.skipped)} of {len(configs)} configs already finished: skipped", file=sys.stderr)
+                print(f"{len(result.skipped)} of {len(study.configs)} configs already finished: skipped", file=sys.stderr)
             if cluster == "local" and jobs:
                 local_cluster, client = start_local_cluster(workers)
             stream = _run_dask(client, jobs, session, quiet) if client is not None else _run_local(jobs, workers, quiet)
             for status in stream:
-                run_id = status["run_id"]
-                if status["status"] == "failed":
-                    result.failed[run_id] = status["error"]
-                    if not status.get("recorded"):
-                        _record_failure(out, run_id, status["error"])
-                    if not quiet:
-                        tqdm.write(f"failed: {run_id}: {status['error']}", file=sys.stderr)
-                elif status["status"] == "complete":
-                    result.completed.append(run_id)
-                else:
-                    result.skipped.append(run_id)
-            result.summary = write_summary(out, params, configs)
+                _collect(status, out, result, quiet)
+            result.summary = study.write_summary(out)
             if report:
                 write_report(out, quiet=quiet, formats=figure_formats)
     finally:
-        if client is not None:
-            with contextlib.suppress(Exception):
-                client.close()
-        if local_cluster is not None:
-            with contextlib.suppress(Exception):
-                local_cluster.close()
+        _close(client, local_cluster)
     result.wall_time_s = time.time() - started
     if not quiet:
-        print(
-            f"sweep {out}: {len(result.completed)} run, {len(result.skipped)} skipped, "
-            f"{len(result.failed)} failed in {result.wall_time_s:.0f} s",
-            file=sys.stderr,
-        )
-        for run_id, error in result.failed.items():
-            print(f"  FAILED {run_id}: {error}  (details in {out / 'failed' / run_id})", file=sys.stderr)
+        _print_outcome(out, result)
     return result
 
 
-def _llc_figures(run_dir: Path) -> dict:
-    """Peak and final LLC of a run's trajectory, with the sampler settings that made them
-    (one set per trajectory: llc.csv refuses to mix settings)."""
-    figures = dict.fromkeys(LLC_SUMMARY_COLUMNS)
-    path = run_dir / "llc.csv"
-    if not path.exists():
-        return figures
-    table = pd.read_csv(path).sort_values("step")
-    valid = table.dropna(subset=["llc_mean"])
-    if valid.empty:
-        return figures
-    peak = valid.loc[valid["llc_mean"].idxmax()]
-    first = table.iloc[0]
-    return {
-        "llc_peak": float(peak["llc_mean"]), "llc_peak_step": int(peak["step"]), "llc_final": float(valid["llc_mean"].iloc[-1]),
-        "llc_epsilon": float(first["epsilon"]), "llc_nbeta": float(first["nbeta"]), "llc_localization": float(first["localization"]),
-        "llc_calibrated": str(first.get("settings_source", "")).startswith("calibrated"),
-    }
-
-
-def summary_row(run_id: str, cfg: RunConfig, run_dir: Path, bucket: str, status: str) -> dict:
-    row = {
-        "run_id": run_id, "task": cfg.task.name, "num_layers": cfg.model.num_layers,
-        "d_model": cfg.model.d_model, "num_heads": cfg.model.num_heads, "bucket": bucket,
-        "seed": cfg.train.seed, "status": status,
-    }
-    summary = runs.read_summary(run_dir) or {}
-    for key in SUMMARY_COLUMNS:
-        if key in summary and key not in row:
-            row[key] = summary[key]
-    row.update(_llc_figures(run_dir))
-    return row
-
-
-def write_summary(out: Path, params: Params, configs: list[tuple[str, RunConfig]]) -> pd.DataFrame:
-    """``summary.csv``: one row per config, finished or not (see ``status``)."""
-    buckets = bucket_lookup(grid_table(params))
-    rows = []
-    for run_id, cfg in configs:
-        final, partial = out / "runs" / run_id, out / "runs" / ".partial" / run_id
-        if (final / "status.json").exists():
-            status, where = "complete", final
-        elif (out / "failed" / run_id).exists():
-            status, where = "failed", partial
-        else:
-            status, where = "pending", partial
-        bucket = buckets.get((cfg.model.num_layers, cfg.model.d_model, cfg.model.num_heads), "")
-        rows.append(summary_row(run_id, cfg, where, bucket, status))
-    table = pd.DataFrame(rows).reindex(columns=SUMMARY_COLUMNS)
-    runs.atomic_write_csv(out / "summary.csv", table)
-    return table
-
-
 def write_report(sweep_dir: Path, *, quiet: bool = False, formats: Sequence[str] | None = None) -> Path:
-    """Execute the capacity report notebook into ``sweep_dir/report.ipynb`` (figures under
+    """Execute the report notebook into ``sweep_dir/report.ipynb`` (figures under
     ``sweep_dir/figures/``, each with a CSV of its data; ``formats``, e.g. ``["png", "pdf"]``:
-    every figure in each, default PNG)."""
+    every figure in each, default PNG): ``capacity_report.ipynb``, or for a sweep of the
+    sequence tasks ``sequence_report.ipynb`` (told apart by summary.csv's tasks)."""
     import papermill
 
     from .plots import figure_formats
@@ -578,6 +542,7 @@ def write_report(sweep_dir: Path, *, quiet: bool = False, formats: Sequence[str]
     sweep_dir = Path(sweep_dir).resolve()
     if not (sweep_dir / "summary.csv").exists():
         raise ConfigError(f"{sweep_dir}: no summary.csv: is this a sweep directory?")
+    notebook = report_notebook_for(pd.read_csv(sweep_dir / "summary.csv"))  # sequence tasks have their own
     parameters = {"sweep_dir": str(sweep_dir)}
     if formats:
         try:
@@ -587,7 +552,7 @@ def write_report(sweep_dir: Path, *, quiet: bool = False, formats: Sequence[str]
     output = sweep_dir / "report.ipynb"
     with open(sweep_dir / "report.kernel.log", "ab") as log:  # the kernel's own warnings, off the terminal
         papermill.execute_notebook(
-            str(notebooks_dir() / REPORT_NOTEBOOK), str(output), parameters=parameters,
+            str(notebooks_dir() / notebook), str(output), parameters=parameters,
             progress_bar=False, cwd=str(sweep_dir), kernel_name="python3", language="python",
             kernel_manager_class=_kernel_manager_class(log_file=log),
         )

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +27,8 @@ from . import runs
 from .config import RunConfig, TrainConfig
 from .device import resolve_device
 from .fingerprints import FingerprintRecorder
+from .seeding import PERTURBATION
+from .seeding import rng_seed as _rng_seed  # streams 0-2: init, batches, validation samples
 from .model import GrokTransformer, build_model
 from .tasks import TaskData, make_task
 
@@ -88,13 +90,7 @@ def _training_sections(config: dict) -> dict:
             for k in ("task", "model", "train")}
 
 
-def _rng_seed(seed: int, stream: int) -> int:
-    # Independent streams for init, training batches and validation samples (0-2), the
-    # fingerprint probes (3) and the initial-weight perturbation (4).
-    return seed * 1_000_003 + stream
-
-
-PERTURBATION_STREAM = 4
+PERTURBATION_STREAM = PERTURBATION
 
 
 @torch.no_grad()
@@ -166,25 +162,29 @@ def evaluate_draws(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.
     return evaluate(model, inputs[rows], targets[rows], weights=counts[rows])
 
 
-def train(
-    cfg: RunConfig,
-    run_dir: str | Path | None = None,
-    *,
-    quiet: bool = False,
-    resume: bool = True,
-    force: bool = False,
-) -> TrainResult:
-    """Train one config. With ``run_dir``, write config, checkpoints, metrics and summary
-    there and resume from its last checkpoint if one exists. A directory holding another
-    config is refused (:class:`llcgrok.runs.RunDirConflict`); ``force`` replaces whatever it
-    holds, and ``resume=False`` starts this config over, leaving nothing of the earlier try."""
+@dataclass
+class _Loop:
+    """What one training run carries from step to step."""
+
+    cfg: RunConfig
+    device: torch.device
+    task: TaskData
+    data: TaskData  # on the device
+    model: GrokTransformer
+    optimizer: torch.optim.Optimizer
+    batch_gen: torch.Generator
+    eval_gen: torch.Generator
+    recorder: FingerprintRecorder | None
+    rows: list = field(default_factory=list)
+    start_step: int = 0
+    elapsed_before: float = 0.0
+
+
+def _start(cfg: RunConfig) -> _Loop:
     tc = cfg.train
-    if tc.num_threads:
-        torch.set_num_threads(tc.num_threads)
     device = resolve_device(tc.device)
     task = make_task(cfg.task, seed=tc.seed)
     data = task.to(device)
-
     torch.manual_seed(_rng_seed(tc.seed, 0))
     model = build_model(cfg.model, task.vocab_size, task.num_classes, task.seq_len).to(device)
     perturb_initial_weights(model, tc.init_perturbation, tc.perturbation_seed)
@@ -194,123 +194,147 @@ def train(
     )
     batch_gen = torch.Generator().manual_seed(_rng_seed(tc.seed, 1))
     eval_gen = torch.Generator().manual_seed(_rng_seed(tc.seed, 2))
-    rows: list[dict] = []
     recorder = FingerprintRecorder(cfg, data.val_inputs, data.val_targets) if tc.fingerprint_every else None
-    start_step = 0
-    elapsed_before = 0.0
+    return _Loop(cfg, device, task, data, model, optimizer, batch_gen, eval_gen, recorder)
 
+
+def _resume(loop: _Loop, run_dir: Path, resume: bool, force: bool) -> None:
+    """Prepare the run directory; continue from its state when it holds this config."""
+    cfg = loop.cfg
+    if runs.prepare_run_dir(run_dir, runs.training_identity(cfg), force=force) and not resume:
+        runs.replace_run_dir(run_dir)
+    state = runs.load_state(run_dir) if resume else None
+    if state is not None and _training_sections(state.get("run_config", {})) == _training_sections(cfg.to_dict()):
+        loop.model.load_state_dict(state["model"])
+        loop.optimizer.load_state_dict(state["optimizer"])
+        loop.batch_gen.set_state(state["batch_gen"])
+        loop.eval_gen.set_state(state["eval_gen"])
+        loop.rows = state["rows"]
+        if loop.recorder is not None:
+            loop.recorder.rows = list(state.get("fingerprint_rows", []))
+        loop.start_step = state["step"]
+        loop.elapsed_before = state.get("elapsed_s", 0.0)
+    runs.write_config(run_dir, cfg)
+    if loop.start_step == 0:
+        runs.save_checkpoint(runs.checkpoint_path(run_dir, 0), loop.model, 0, cfg)
+
+
+def _save(loop: _Loop, run_dir: Path, step: int, elapsed: float) -> None:
+    runs.save_checkpoint(runs.checkpoint_path(run_dir, step), loop.model, step, loop.cfg)
+    runs.save_state(run_dir, {
+        "run_config": loop.cfg.to_dict(), "step": step, "model": loop.model.state_dict(),
+        "optimizer": loop.optimizer.state_dict(), "batch_gen": loop.batch_gen.get_state(),
+        "eval_gen": loop.eval_gen.get_state(), "rows": loop.rows,
+        "fingerprint_rows": loop.recorder.rows if loop.recorder is not None else [], "elapsed_s": elapsed,
+    })
+    runs.atomic_write_csv(run_dir / runs.METRICS_CSV, pd.DataFrame(loop.rows, columns=METRIC_COLUMNS))
+    if loop.recorder is not None:
+        loop.recorder.write(run_dir)
+
+
+def _eval_row(loop: _Loop, step: int, loss_sum: float, correct: float, batches: int) -> dict:
+    tc = loop.cfg.train
+    train_loss, train_acc = loss_sum / batches, correct / (batches * tc.batch_size)
+    if not math.isfinite(train_loss):
+        raise TrainingDiverged(step, f"train loss is {train_loss}")
+    vidx = torch.randint(len(loop.data.val_targets), (tc.eval_batches * tc.batch_size,), generator=loop.eval_gen).to(loop.device)
+    val_loss, val_acc = evaluate_draws(loop.model, loop.data.val_inputs, loop.data.val_targets, vidx)
+    return {"step": step, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss, "val_acc": val_acc}
+
+
+def _stop_at(tc: TrainConfig, grok_step: int | None) -> int:
+    """The last step: num_steps, or early_stop_delay after grokking."""
+    if grok_step is None or tc.early_stop_delay is None:
+        return tc.num_steps
+    return min(tc.num_steps, grok_step + tc.early_stop_delay)
+
+
+def _summary(loop: _Loop, table: pd.DataFrame, step: int, elapsed: float) -> dict:
+    return {
+        "run_id": loop.cfg.run_id, "num_params": loop.model.num_params, **metrics_mod.summarize(table),
+        "num_steps_run": step, "stopped_early": step < loop.cfg.train.num_steps, "wall_time_s": round(elapsed, 3),
+        "ms_per_step": round(1000 * elapsed / max(step, 1), 3), "device": str(loop.device),
+    }
+
+
+def train(cfg: RunConfig, run_dir: str | Path | None = None, *, quiet: bool = False, resume: bool = True,
+          force: bool = False) -> TrainResult:
+    """Train one config. With ``run_dir``, write config, checkpoints, metrics and summary
+    there and resume from its last checkpoint if one exists. A directory holding another
+    config is refused (:class:`llcgrok.runs.RunDirConflict`); ``force`` replaces whatever it
+    holds, and ``resume=False`` starts this config over, leaving nothing of the earlier try."""
+    tc = cfg.train
+    if tc.num_threads:
+        torch.set_num_threads(tc.num_threads)
+    loop = _start(cfg)
+    model, data, recorder, device = loop.model, loop.data, loop.recorder, loop.device
     save_points = set(checkpoint_steps(tc))
     if run_dir is not None:
         run_dir = Path(run_dir)
-        if runs.prepare_run_dir(run_dir, runs.training_identity(cfg), force=force) and not resume:
-            runs.replace_run_dir(run_dir)
-        state = runs.load_state(run_dir) if resume else None
-        if state is not None and _training_sections(state.get("run_config", {})) == _training_sections(cfg.to_dict()):
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            batch_gen.set_state(state["batch_gen"])
-            eval_gen.set_state(state["eval_gen"])
-            rows = state["rows"]
-            if recorder is not None:
-                recorder.rows = list(state.get("fingerprint_rows", []))
-            start_step = state["step"]
-            elapsed_before = state.get("elapsed_s", 0.0)
-        runs.write_config(run_dir, cfg)
-        if start_step == 0:
-            runs.save_checkpoint(runs.checkpoint_path(run_dir, 0), model, 0, cfg)
-    if recorder is not None and start_step == 0:
+        _resume(loop, run_dir, resume, force)
+    if recorder is not None and loop.start_step == 0:
         recorder.record(model, 0)
         if run_dir is not None:
             recorder.write(run_dir)
-
-    n_train, n_val = len(data.train_targets), len(data.val_targets)
-    eval_size = tc.eval_batches * tc.batch_size
-    loss_acc = torch.zeros((), device=device)
-    correct_acc = torch.zeros((), device=device)
-    batches_since_eval = 0
-    grok_step = metrics_mod.steps_to_grokking(pd.DataFrame(rows, columns=METRIC_COLUMNS)) if rows else None
-    stop_at = tc.num_steps
-    if grok_step is not None and tc.early_stop_delay is not None:
-        stop_at = min(stop_at, grok_step + tc.early_stop_delay)
-
+    # Accumulated on the device and read back only at evaluation, so the step never syncs.
+    loss_acc, correct_acc, batches = torch.zeros((), device=device), torch.zeros((), device=device), 0
+    grok_step = metrics_mod.steps_to_grokking(pd.DataFrame(loop.rows, columns=METRIC_COLUMNS)) if loop.rows else None
+    stop_at = _stop_at(tc, grok_step)
     model.train()
     t0 = time.perf_counter()
-    bar = tqdm(total=tc.num_steps, initial=start_step, disable=quiet, desc=cfg.run_id, unit="step", leave=False)
-    step = start_step
+    bar = tqdm(total=tc.num_steps, initial=loop.start_step, disable=quiet, desc=cfg.run_id, unit="step", leave=False)
+    step = loop.start_step
     while step < stop_at:
-        for group in optimizer.param_groups:
+        for group in loop.optimizer.param_groups:
             group["lr"] = learning_rate(tc, step)
-        idx = torch.randint(n_train, (tc.batch_size,), generator=batch_gen).to(device, non_blocking=True)
+        idx = torch.randint(len(data.train_targets), (tc.batch_size,), generator=loop.batch_gen).to(device, non_blocking=True)
         inputs, targets = data.train_inputs[idx], data.train_targets[idx]
         logits = model(inputs)
         loss = F.cross_entropy(logits, targets)
-        optimizer.zero_grad(set_to_none=True)
+        loop.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
+        loop.optimizer.step()
         step += 1
-        # Accumulate on the device; read back only at evaluation, so the step never syncs.
         loss_acc += loss.detach()
         correct_acc += (logits.detach().argmax(-1) == targets).sum()
-        batches_since_eval += 1
-
+        batches += 1
         if step % tc.eval_every == 0 or step in save_points or step == stop_at:
-            train_loss = loss_acc.item() / batches_since_eval
-            train_acc = correct_acc.item() / (batches_since_eval * tc.batch_size)
-            if not math.isfinite(train_loss):
+            try:
+                loop.rows.append(_eval_row(loop, step, loss_acc.item(), correct_acc.item(), batches))
+            except TrainingDiverged:
                 bar.close()
-                raise TrainingDiverged(step, f"train loss is {train_loss}")
-            vidx = torch.randint(n_val, (eval_size,), generator=eval_gen).to(device)
-            val_loss, val_acc = evaluate_draws(model, data.val_inputs, data.val_targets, vidx)
-            rows.append({"step": step, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss, "val_acc": val_acc})
+                raise
             loss_acc.zero_()
             correct_acc.zero_()
-            batches_since_eval = 0
-            bar.set_postfix(train_acc=f"{train_acc:.3f}", val_acc=f"{val_acc:.3f}", refresh=False)
-            if grok_step is None and val_acc > metrics_mod.THRESHOLD:
+            batches = 0
+            bar.set_postfix(train_acc=f"{loop.rows[-1]['train_acc']:.3f}", val_acc=f"{loop.rows[-1]['val_acc']:.3f}", refresh=False)
+            if grok_step is None and loop.rows[-1]["val_acc"] > metrics_mod.THRESHOLD:
                 grok_step = step
-                if tc.early_stop_delay is not None:
-                    stop_at = min(stop_at, step + tc.early_stop_delay)
+                stop_at = min(stop_at, _stop_at(tc, grok_step))
         if recorder is not None and recorder.due(step):
             recorder.record(model, step)
         bar.update(1)
-
         if run_dir is not None and (step in save_points or step == stop_at):
-            runs.save_checkpoint(runs.checkpoint_path(run_dir, step), model, step, cfg)
-            runs.save_state(
-                run_dir,
-                {
-                    "run_config": cfg.to_dict(),
-                    "step": step,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "batch_gen": batch_gen.get_state(),
-                    "eval_gen": eval_gen.get_state(),
-                    "rows": rows,
-                    "fingerprint_rows": recorder.rows if recorder is not None else [],
-                    "elapsed_s": elapsed_before + time.perf_counter() - t0,
-                },
-            )
-            runs.atomic_write_csv(run_dir / "metrics.csv", pd.DataFrame(rows, columns=METRIC_COLUMNS))
-            if recorder is not None:
-                recorder.write(run_dir)
+            _save(loop, run_dir, step, loop.elapsed_before + time.perf_counter() - t0)
     bar.close()
-
-    elapsed = elapsed_before + time.perf_counter() - t0
-    table = pd.DataFrame(rows, columns=METRIC_COLUMNS)
-    summary = {
-        "run_id": cfg.run_id,
-        "num_params": model.num_params,
-        **metrics_mod.summarize(table),
-        "num_steps_run": step,
-        "stopped_early": step < tc.num_steps,
-        "wall_time_s": round(elapsed, 3),
-        "ms_per_step": round(1000 * elapsed / max(step, 1), 3),
-        "device": str(device),
-    }
+    elapsed = loop.elapsed_before + time.perf_counter() - t0
+    table = pd.DataFrame(loop.rows, columns=METRIC_COLUMNS)
+    summary = _summary(loop, table, step, elapsed)
     if run_dir is not None:
-        runs.atomic_write_csv(run_dir / "metrics.csv", table)
+        runs.atomic_write_csv(run_dir / runs.METRICS_CSV, table)
         if recorder is not None:
             recorder.write(run_dir)
-        runs.atomic_write_json(run_dir / "summary.json", summary)  # last: marks the run finished
-    return TrainResult(model=model, metrics=table, summary=summary, task=task,
+        runs.atomic_write_json(run_dir / runs.SUMMARY_JSON, summary)  # last: marks the run finished
+    return TrainResult(model=model, metrics=table, summary=summary, task=loop.task,
                        fingerprints=recorder.frame() if recorder is not None else None)
+
+
+def ensure_trained(cfg: RunConfig, run_dir: Path, quiet: bool = False, force: bool = False) -> tuple[pd.DataFrame, dict]:
+    """Train the run unless ``run_dir`` holds it finished (resuming an interrupted one);
+    return its metrics table and summary. A directory holding another config is refused
+    (:class:`llcgrok.runs.RunDirConflict`); ``force`` replaces it, or retrains this one."""
+    run_dir = Path(run_dir)
+    if not force and runs.prepare_run_dir(run_dir, runs.training_identity(cfg)) and runs.is_trained(run_dir):
+        return runs.read_metrics(run_dir), runs.read_summary(run_dir)
+    result = train(cfg, run_dir, quiet=quiet, force=force)
+    return result.metrics, result.summary

@@ -23,13 +23,15 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from . import plots, runs
+from .runs import CALIBRATION_CSV, CALIBRATION_JSON, LLC_CSV
 from .calibrate import Calibration, NoRecommendation, burnin_steps, calibrate
-from .curvature import Curvature, curvature_llc, top_eigenvalue
-from .llc import AllChainsFailed, LLCError, as_dataset, default_nbeta, estimate_llc, make_evaluate
+from .curvature import Curvature, top_eigenvalue, trace_ratio
+from .chains import choose_sampler
+from .llc import AllChainsFailed, LLCError, as_dataset, default_nbeta, estimate_llc, estimate_llc_many, make_evaluate
 from .rule import RULE, RULE_VERSION, TRACE_RATIO_MAX
 from .rundata import RunView, checkpoint_traces, open_run, peak_step
+from .sgld_batched import BatchingUnsupported
 
-CALIBRATION_CSV, CALIBRATION_JSON = "calibration.csv", "calibration.json"
 
 
 def estimator_options(llc_cfg) -> dict:
@@ -156,7 +158,6 @@ def _calibration_figures(view: RunView, result: Calibration) -> None:
 
 # --------------------------------------------------------------------------- the trajectory
 
-LLC_CSV = "llc.csv"
 SETTING_KEYS = ("epsilon", "nbeta", "localization", "num_chains", "num_draws", "num_burnin_steps", "batch_size", "seed")
 
 
@@ -251,7 +252,7 @@ def regime_of(row: dict, trace_h: float, certified: bool) -> tuple[str, float]:
     """("llc" or "curvature", trace_ratio) of one estimate: "llc" only for a certified setting
     whose estimate is not localization-dominated (trace_ratio <= TRACE_RATIO_MAX)."""
     gamma, llc = float(row["localization"]), float(row.get("llc_mean", float("nan")))
-    ratio = llc / curvature_llc(trace_h, float(row["nbeta"]), gamma) if gamma > 0 and trace_h > 0 else 0.0
+    ratio = trace_ratio(llc, trace_h, float(row["nbeta"]), gamma)
     ok = certified and math.isfinite(llc) and (not math.isfinite(ratio) or ratio <= TRACE_RATIO_MAX)
     return ("llc" if ok else "curvature"), float(ratio)
 
@@ -267,13 +268,29 @@ def _trajectory_settings(view: RunView, llc_cfg, calibrate_first: bool, quiet: b
                              widen_hint="Widen llc.calibration (localizations, step_fractions), or run uncalibrated with --no-calibrate.")
 
 
-def _estimate_row(view: RunView, model, settings: dict, provenance: dict, trace_h: float, llc_cfg) -> tuple[dict, object]:
-    try:
-        est = estimate_llc(model, view.train, loss=view.loss, **settings, device=str(view.device), cores=llc_cfg.cores,
-                           chance_loss=view.chance, quiet=True, **estimator_options(llc_cfg))
-        row = est.to_row()
-    except AllChainsFailed as exc:
-        est, row = None, failed_row(exc, settings)
+def _estimates(view: RunView, models: list, settings: dict, llc_cfg) -> list:
+    """One LLCEstimate (or the AllChainsFailed it raised) per model: every model's chains as
+    one batched computation when more than one is given and the batched path runs them."""
+    options = estimator_options(llc_cfg)
+    batched = choose_sampler(options.get("sampler", "auto"), view.device) == "batched"
+    if len(models) > 1 and batched and int(llc_cfg.cores) == 1:
+        try:
+            return estimate_llc_many(models, view.train, loss=view.loss, **settings, device=str(view.device),
+                                     chance_loss=view.chance, method=options.get("method", "sgld"))
+        except BatchingUnsupported:
+            pass  # one at a time: estimate_llc falls back to devinterp's loop, and says so
+    out = []
+    for model in models:
+        try:
+            out.append(estimate_llc(model, view.train, loss=view.loss, **settings, device=str(view.device),
+                                    cores=llc_cfg.cores, chance_loss=view.chance, quiet=True, **options))
+        except AllChainsFailed as exc:
+            out.append(exc)
+    return out
+
+
+def _row_of(result, settings: dict, provenance: dict, trace_h: float) -> tuple[dict, object]:
+    est, row = (None, failed_row(result, settings)) if isinstance(result, AllChainsFailed) else (result, result.to_row())
     regime, ratio = regime_of({**settings, **row}, trace_h, provenance["certified"])
     row.update(provenance, regime=regime, trace_ratio=ratio, trace_h=trace_h)
     return row, est
@@ -301,18 +318,23 @@ def run_trajectory(run_dir, llc_cfg, *, calibrate: bool | None = None, quiet: bo
     rows = rows_done(path, settings)
     done = {int(r["step"]) for r in rows}
     todo = [(step, p) for step, p in view.checkpoints if step not in done]
-    bar = tqdm(todo, desc=f"LLC {view.run_dir.name}", unit="ckpt", disable=quiet)
-    for step, ckpt in bar:
-        model = view.load(ckpt)
+    group = max(1, int(getattr(llc_cfg, "checkpoint_batch", 1)))
+    bar = tqdm(total=len(todo), desc=f"LLC {view.run_dir.name}", unit="ckpt", disable=quiet)
+    for first in range(0, len(todo), group):
+        chunk = todo[first:first + group]
+        models = [view.load(ckpt) for _, ckpt in chunk]
         t0 = time.perf_counter()
-        row, est = _estimate_row(view, model, settings, provenance, float(traces.get(step, float("nan"))), llc_cfg)
-        if est is not None:
-            runs.append_traces(view.run_dir, step, est)  # before the row: no row of llc.csv lacks its traces
-        row.update(step=step, seconds=time.perf_counter() - t0, num_params=sum(p.numel() for p in model.parameters()),
-                   **view.metrics(model))
-        rows.append(row)
-        runs.atomic_write_csv(path, trajectory_frame(rows))
-        bar.set_postfix(step=step, llc=f"{row['llc_mean']:.3g}", regime=row["regime"], refresh=False)
+        results = _estimates(view, models, settings, llc_cfg)
+        seconds = (time.perf_counter() - t0) / len(chunk)
+        for (step, _), model, result in zip(chunk, models, results):
+            row, est = _row_of(result, settings, provenance, float(traces.get(step, float("nan"))))
+            if est is not None:
+                runs.append_traces(view.run_dir, step, est)  # before the row: no row of llc.csv lacks its traces
+            row.update(step=step, seconds=seconds, num_params=sum(p.numel() for p in model.parameters()), **view.metrics(model))
+            rows.append(row)
+            runs.atomic_write_csv(path, trajectory_frame(rows))
+            bar.update(1)
+            bar.set_postfix(step=step, llc=f"{row['llc_mean']:.3g}", regime=row["regime"], refresh=False)
     bar.close()
     frame = trajectory_frame(rows)
     if not path.exists():

@@ -1,6 +1,8 @@
 import pytest
 
-from llcgrok.config import ConfigError, expand, load_params, params_from_sections, parse_set_option, resolve_run
+from llcgrok.config import (ConfigError, expand, is_sequence, load_params, params_from_sections, parse_set_option,
+                            read_sections, resolve_run)
+from llcgrok.seqparams import expand_seq, load_seq_params, resolve_seq_run
 
 
 def _write(tmp_path, text):
@@ -12,7 +14,15 @@ def _write(tmp_path, text):
 def test_presets_load(repo_root):
     presets = sorted((repo_root / "params").glob("*.yaml"))
     assert {"reference", "ai_scientist", "quick", "wd_sweep", "perturbation"} <= {p.stem for p in presets}
+    sequence = [p for p in presets if is_sequence(read_sections(p))]
+    assert {"addition", "fraction_of_x"} <= {p.stem for p in sequence}
     for path in presets:
+        if path in sequence:
+            params = load_seq_params(path)
+            assert resolve_seq_run(params).run_id and len(expand_seq(params)) >= 1
+            with pytest.raises(ConfigError, match="sequence task"):
+                load_params(path)
+            continue
         params = load_params(path)
         assert resolve_run(params).run_id
         assert len(expand(params)) >= 1

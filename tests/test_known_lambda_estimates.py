@@ -172,3 +172,21 @@ def test_the_default_rule_certifies_a_deep_linear_network_within_15_percent():
     rec = result.recommended
     assert rec is not None and rec["certified"] and rec["regime"] == "llc", result.reason
     assert rec["llc_mean"] == pytest.approx(true_lambda, rel=0.15)
+
+
+@pytest.mark.slow
+def test_the_default_rule_certifies_a_normal_crossing_within_15_percent():
+    """Through calibrate() with rule v4's step fractions on the ladder 1 -> 0.3 -> 0.1. The
+    Hessian vanishes at w* = 0, so h_max gives epsilon = c / gamma, far too large: the rung
+    halves on past the step fractions while every step diverges (MAX_EXTRA_HALVINGS)."""
+    from llcgrok.calibrate import calibrate
+
+    model, data, loss = make_normal_crossing([1, 2], num_data=CROSSING["n"], copies=CROSSING["copies"])
+    lam = CROSSING["copies"] * normal_crossing_lambda([1, 2])[0]
+    result = calibrate(model, data, loss=loss, localizations=[1.0, 0.3, 0.1], num_chains=4, num_draws=500,
+                       batch_size=CROSSING["n"], seed=0, max_burnin_steps=2000)
+    table = result.table
+    assert table["diverged"].any() and (table["step_fraction"] < 0.0125).any()  # it halved past the fractions
+    rec = result.recommended
+    assert rec is not None and rec["certified"] and rec["regime"] == "llc", result.reason
+    assert rec["llc_mean"] == pytest.approx(lam, rel=0.15)

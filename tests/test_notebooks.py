@@ -31,14 +31,15 @@ def test_every_notebook_is_committed_clean_and_executed_by_a_test(repo_root):
     notebooks = sorted((repo_root / "notebooks").glob("*.ipynb"))
     assert len(notebooks) >= 8
     tests = "".join(p.read_text() for p in (repo_root / "tests").glob("test_*.py"))
-    tests += (repo_root / "llcgrok" / "sweep.py").read_text()  # the notebooks a sweep runs: tests/test_sweep.py
+    for module in ("sweep.py", "study.py"):  # the notebooks a sweep runs: tests/test_sweep*.py
+        tests += (repo_root / "llcgrok" / module).read_text()
     for path in notebooks:
         nb = nbformat.read(path, as_version=4)
         code = [c for c in nb.cells if c.cell_type == "code"]
         assert "parameters" in code[0].metadata.get("tags", []), path.name
         assert all(not c.get("outputs") and c.get("execution_count") is None for c in code), path.name
         assert f'"{path.name}"' in tests, f"no test executes notebooks/{path.name}"
-        if path.name != "capacity_report.ipynb":  # a view of a finished sweep: no config to set
+        if path.name not in ("capacity_report.ipynb", "sequence_report.ipynb"):  # views of a finished sweep: no config to set
             assert "\noverrides = [" in "\n" + code[0].source, f"{path.name}: no overrides parameter"
             assert "nb.show_config(" in "".join(c.source for c in code), f"{path.name}: does not print its config"
 

@@ -11,6 +11,7 @@ from notebook_helpers import execute_notebook, printed_config
 
 from llcgrok import runs
 from llcgrok import seqtrain
+from llcgrok.config import ConfigError
 from llcgrok.llc import LLCError
 from llcgrok.seqtrain import (
     SeqConfigError,
@@ -86,6 +87,27 @@ def test_curriculum_restricts_batches_and_is_recorded():
     cfg = seq_config(ADD_TINY, n_digits=4, curriculum=[[0, 1], [20, 3]], num_steps=40)
     metrics = train_sequence(cfg).metrics
     assert metrics.set_index("step")["max_digits"].to_dict() == {10: 1, 20: 1, 30: 3, 40: 3}
+
+
+def test_lr_schedules_warm_up_then_hold_or_decay_to_zero():
+    base = seq_config(lr=0.01, warmup_steps=10, num_steps=110)
+    assert base.lr_schedule == "constant"
+    assert [seqtrain._lr(base, u) for u in (0, 5, 10, 60, 109)] == [0.0, 0.005, 0.01, 0.01, 0.01]
+    cos, lin = seq_config(base, lr_schedule="cosine"), seq_config(base, lr_schedule="linear")
+    for cfg in (cos, lin):
+        assert [seqtrain._lr(cfg, u) for u in (0, 5, 10)] == [0.0, 0.005, 0.01]
+        assert seqtrain._lr(cfg, 110) == pytest.approx(0.0, abs=1e-12)
+    assert seqtrain._lr(cos, 60) == pytest.approx(0.005) and seqtrain._lr(lin, 60) == pytest.approx(0.005)
+    assert seqtrain._lr(cos, 35) == pytest.approx(0.01 * 0.5 * (1 + np.cos(np.pi / 4)))
+    assert seqtrain._lr(lin, 35) == pytest.approx(0.0075)
+    wsd = seq_config(base, lr_schedule="linear", decay_steps=40)  # hold until step 70, then linear to 0
+    assert [seqtrain._lr(wsd, u) for u in (5, 10, 70)] == [0.005, 0.01, 0.01]
+    assert seqtrain._lr(wsd, 90) == pytest.approx(0.005) and seqtrain._lr(wsd, 110) == pytest.approx(0.0, abs=1e-12)
+    assert seqtrain._lr(seq_config(base, decay_steps=40), 90) == 0.01  # a constant schedule ignores it
+    with pytest.raises(SeqConfigError, match="'lr_schedule' must be one of"):
+        seq_config(lr_schedule="step")
+    with pytest.raises(SeqConfigError, match="'decay_steps' must be >= 0"):
+        seq_config(decay_steps=-1)
 
 
 # --------------------------------------------------------------------------- checkpoints and resume
@@ -222,10 +244,31 @@ def test_addition_notebook(tmp_path, repo_root):
                                 run_dir=str(tmp_path / "run"), quiet=True)
     printed = printed_config(executed)
     assert (printed["num_steps"], printed["curriculum"], printed["llc"]["num_draws"]) == (30, [[0, 1], [20, 2]], 12)
-    assert printed["model"]["d_model"] == 8 and printed["llc"]["epsilons"] == TINY_LLC["epsilons"]
+    assert printed["model"]["d_model"] == 8 and printed["llc"]["calibration"]["epsilons"] == TINY_LLC["epsilons"]
     run = tmp_path / "run"
     llc = pd.read_csv(run / "llc.csv")
     assert llc["step"].tolist() == [0, 10, 20, 30] and "val_exact_match" in llc
     assert pd.read_csv(run / "metrics.csv")["max_digits"].tolist() == [1, 1, 2]
     for figure in ("training_curves.png", "llc_vs_error.png"):
         assert (run / "figures" / figure).stat().st_size > 1000, figure
+
+
+@pytest.mark.slow
+def test_addition_notebook_reads_the_params_format(tmp_path, repo_root):
+    """The notebook takes the preset's sections (``papermill -f params/addition.yaml``) and
+    section-style overrides, as ``llcgrok train`` does."""
+    overrides = ["train.num_steps=20", "train.eval_every=10", "task.n_train=300", "task.n_val=50",
+                 "llc.calibrate=false", "llc.num_chains=1", "llc.num_draws=8", "llc.epsilon=1e-5", "llc.num_burnin_steps=0"]
+    executed = execute_notebook(repo_root, "addition.ipynb", tmp_path, params_file=str(repo_root / "params" / "addition.yaml"),
+                                overrides=overrides, run_dir=str(tmp_path / "run"), quiet=True)
+    printed = printed_config(executed)
+    assert (printed["task"], printed["n_digits"], printed["num_steps"], printed["model"]["ffn_rank"]) == ("addition", 3, 20, 2)
+    assert printed["llc"]["num_draws"] == 8 and printed["llc"]["calibration"]["localizations"][0] == 10000
+    assert len(pd.read_csv(tmp_path / "run" / "llc.csv")) >= 2
+
+
+def test_sequence_notebook_refuses_a_modular_params_file(repo_root):
+    from llcgrok import notebook as nb
+
+    with pytest.raises(ConfigError, match="x_plus_y.*train.ipynb"):
+        nb.seq_parameters(str(repo_root / "params" / "quick.yaml"))

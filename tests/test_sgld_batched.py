@@ -19,7 +19,7 @@ from torch.utils.data import TensorDataset
 
 from problems import regression
 
-from llcgrok import _devinterp, llc, sgld_batched
+from llcgrok import _devinterp, chains, llc, sgld_batched
 from llcgrok.config import ModelConfig
 from llcgrok.model import build_model
 
@@ -182,7 +182,7 @@ def test_auto_falls_back_to_devinterp_when_the_model_cannot_be_batched():
     torch.manual_seed(0)
     x, y = torch.randn(200, 4), torch.randn(200, 2)
     kwargs = dict(loss="mse", epsilon=1e-4, localization=1.0, num_chains=2, num_draws=10, num_burnin_steps=5, batch_size=50)
-    llc._fallbacks_warned.clear()
+    chains._fallbacks_warned.clear()
     with pytest.warns(RuntimeWarning, match="cannot run this model"):
         est = llc.estimate_llc(_Dropout(), (x, y), **kwargs)
     assert est.diagnostics["sampler"] == "devinterp" and est.to_row()["sampler"] == "devinterp"

@@ -5,7 +5,8 @@ papermill and threads); nothing is shown or saved unless asked (:func:`save_figu
 Modules: ``calibration`` (the sampler: calibration grids, SGLD traces), ``ladder`` (the localization ladder), ``trajectories``
 (one run over training), ``studies`` (a sweep: buckets, pairs, the LLC against the losses
 and around grokking), ``capacity`` (the headline figures against parameter count, and the
-published baseline), ``fingerprints`` (fingerprints and DMD spectra). Every figure is importable from
+published baseline), ``fingerprints`` (fingerprints and DMD spectra), ``sequence`` (a sweep of the
+sequence tasks: the outcome and the LLC against parameter count, LLC trajectories). Every figure is importable from
 here: ``from llcgrok import plots; plots.plot_llc_vs_accuracy(...)``."""
 
 from ._common import FLAG_LABELS, FLAG_MARKERS, figure_formats, save_figure
@@ -13,6 +14,7 @@ from .calibration import plot_calibration_heatmap, plot_calibration_overview, pl
 from .capacity import plot_capacity, plot_grokking_vs_baseline
 from .fingerprints import plot_dmd_spectra, plot_fingerprint_bands
 from .ladder import plot_calibration_ladder
+from .sequence import plot_seq_capacity, plot_seq_llc_vs_params, plot_seq_trajectories
 from .studies import (
     plot_aligned_curves,
     plot_bucket_curves,
@@ -29,4 +31,5 @@ __all__ = [
     "plot_aligned_curves", "plot_bucket_curves", "plot_capacity", "plot_grokking_vs_baseline", "plot_llc_vs_loss",
     "plot_pairs", "plot_steps_by_arch",
     "plot_llc_comparison", "plot_llc_vs_accuracy", "plot_training_curves",
+    "plot_seq_capacity", "plot_seq_llc_vs_params", "plot_seq_trajectories",
 ]

@@ -63,7 +63,7 @@ def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 120, *, formats
     for target, fmt in targets:
         _write_one(fig, target, fmt, dpi)
     if data is not None:
-        from ..runs import atomic_write_csv
+        from ..runs import atomic_write_csv  # lazy: runs imports torch; a figure needs matplotlib only
 
         atomic_write_csv(path.with_suffix(".csv"), data)
     return targets[0][0]

@@ -36,7 +36,7 @@ def plot_fingerprint_bands(fingerprints: pd.DataFrame, summary: Mapping | None =
     """The fingerprint over training: quantile bands (5-95, 10-90, 25-75 %) and the median of
     log p(correct) on the probe set (symlog axis: 0 is certainty). ``fingerprints`` is one
     run's ``fingerprints.csv`` (grokking marked from ``summary``) or a study table
-    (``llcgrok.fingerprints.study_fingerprints``): then one panel per run, a row per value
+    (``llcgrok.fingerprint_study.study_fingerprints``): then one panel per run, a row per value
     of ``by`` and a column per seed, grokking marked from its ``steps_to_grokking``."""
     several = "run_id" in fingerprints and fingerprints["run_id"].nunique() > 1
     if not several:
@@ -81,7 +81,7 @@ def plot_dmd_spectra(spectra: pd.DataFrame, *, by: str = "weight_decay", llc: pd
     Left: the complex plane with the unit circle (inside: decaying modes; on it: persistent
     ones; the angle is the rotation per snapshot). Middle: modulus against angle, one point
     per conjugate pair, which separates the eigenvalues that crowd near 1. Right (with
-    ``llc``, a study table of LLC trajectories such as ``llcgrok.fingerprints.study_llc``):
+    ``llc``, a study table of LLC trajectories such as ``llcgrok.fingerprint_study.study_llc``):
     the LLC of the same runs over training, in the same colours, grokking marked by a
     triangle. ``spectra`` is ``llcgrok.dmd.study_spectra`` output (or several
     ``dmd_eigenvalues.csv`` with ``run_id``, ``seed`` and ``by`` columns)."""
