@@ -75,7 +75,7 @@ def main() -> None:
         chain_steps = len(models) * args.chains * (args.draws + args.burnin)
         reference = None
         for group in args.groups:
-            common.wait_for_quiet(max_wait=120)
+            common.wait_for_quiet(max_wait=30)
             seconds, estimates = _time_group(models, data, settings, group)
             traces = [e.loss_trace for e in estimates]
             reference = reference or (seconds, traces)

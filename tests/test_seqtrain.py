@@ -272,3 +272,24 @@ def test_sequence_notebook_refuses_a_modular_params_file(repo_root):
 
     with pytest.raises(ConfigError, match="x_plus_y.*train.ipynb"):
         nb.seq_parameters(str(repo_root / "params" / "quick.yaml"))
+
+
+def test_tiny_addition_preset_trains_through_the_cli(tmp_path, repo_root, capsys):
+    """params/addition_tiny.yaml, shortened: at most 1,200 parameters, 10-digit pairs, and the
+    summary keys the goal is read from (held-out exact match, the step it first passed 0.99)."""
+    from llcgrok.cli import main
+
+    out = tmp_path / "run"
+    code = main(["train", str(repo_root / "params" / "addition_tiny.yaml"), "--out", str(out), "--quiet",
+                 "--set", "train.num_steps=60", "--set", "train.eval_every=30", "--set", "task.n_train=2000",
+                 "--set", "task.n_val=500"])
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["num_params"] == 1080 <= 1200
+    assert {"final_val_exact_match", "best_val_exact_match", "steps_to_exact_match_0.99", "final_val_digit_acc"} <= set(summary)
+    assert 0.0 <= summary["final_val_exact_match"] <= 1.0 and summary["num_steps_run"] == 60
+    metrics = pd.read_csv(out / "metrics.csv")
+    assert metrics["step"].tolist() == [30, 60] and metrics["max_digits"].eq(10).all()
+    config = json.loads((out / "config.json").read_text())
+    assert (config["n_digits"], config["lr_schedule"], config["weight_decay"]) == (10, "cosine", 0.0)
+    assert "1080 params" in capsys.readouterr().out

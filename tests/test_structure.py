@@ -13,10 +13,9 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "llcgrok"
 MAX_MODULE_LINES, MAX_FUNCTION_LINES = 450, 80
 # Over the limits today, with their line counts: split them, then drop them from here.
-OVERSIZE_MODULES = {"llc.py": 615, "sweep.py": 562, "config.py": 559}
+OVERSIZE_MODULES = {"llc.py": 465, "sweep.py": 562, "config.py": 559}
 OVERSIZE_FUNCTIONS = {
     "ensemble.py:train_ensemble": 185,
-    "llc.py:summarize_chains": 95,
 }
 
 
@@ -24,7 +23,7 @@ OVERSIZE_FUNCTIONS = {
 LAYERS = [
     ("base", ["config", "seeding", "filelock", "device", "rule", "known_lambda", "metrics", "_devinterp"]),
     ("tasks and models", ["tasks", "seqtasks", "model", "tiny", "toy_models"]),
-    ("estimator", ["sgld_batched", "chains", "llc", "curvature", "calibrate"]),
+    ("estimator", ["sgld_batched", "chains", "diagnostics", "llc", "curvature", "calibrate"]),
     ("run directory and training", ["runs", "seqconfig", "fingerprints", "train", "ensemble", "seqtrain", "rundata"]),
     ("figures", ["plots", "plots._common", "plots.calibration", "plots.capacity", "plots.fingerprints", "plots.ladder",
                  "plots.studies", "plots.trajectories", "plots.sequence", "seqplots"]),
