@@ -45,7 +45,8 @@ TABLE_COLUMNS = [
     "localization", "epsilon", "step_fraction", "nbeta", "llc_mean", "llc_std", "num_chains", "llc_over_nbeta",
     "mala", "frac_below_init", "negative", "num_diverged", "diverged", "trace_drift", "trace_drift_se", "converged",
     "escaped", "loss_excess", "r_hat", "init_loss", "num_burnin_steps", "num_draws", "h_max", "trace_h",
-    "trace_ratio", "skipped", "healthy", "reject_reason", "halving_change", "step_converged", "chosen", "seconds",
+    "trace_ratio", "skipped", "healthy", "reject_reason", "halving_change", "step_converged", "chosen",
+    "relaxation_check", "seconds",
 ]
 
 
@@ -140,8 +141,9 @@ class _Sweep:
     def step(self, fraction: float, nbeta: float, gamma: float) -> float:
         return fraction / (nbeta * self.h_max + gamma)
 
-    def point(self, gamma: float, epsilon: float, nbeta: float) -> tuple[dict, object]:
-        burnin = self.burnin if self.burnin is not None else burnin_steps(epsilon, gamma, cap=self.burnin_cap)
+    def point(self, gamma: float, epsilon: float, nbeta: float, burnin: int | None = None) -> tuple[dict, object]:
+        if burnin is None:
+            burnin = self.burnin if self.burnin is not None else burnin_steps(epsilon, gamma, cap=self.burnin_cap)
         base = {"localization": gamma, "epsilon": epsilon, "nbeta": nbeta, "num_chains": self.num_chains,
                 "num_draws": self.num_draws, "num_burnin_steps": burnin, "h_max": self.h_max, "trace_h": self.trace_h,
                 "step_fraction": epsilon * (nbeta * self.h_max + gamma) if math.isfinite(self.h_max) else float("nan")}
@@ -229,7 +231,7 @@ def _table(rows: list) -> pd.DataFrame:
             table[column] = np.nan
     table["llc_over_nbeta"] = table["llc_mean"] / table["nbeta"]
     table["diverged"] = table["num_diverged"].fillna(0) > 0
-    for column in ("negative", "converged", "escaped", "skipped"):
+    for column in ("negative", "converged", "escaped", "skipped", "relaxation_check"):
         table[column] = table[column].astype(object).fillna(False).astype(bool)
     return table
 
@@ -318,6 +320,8 @@ def calibrate(
         rows, estimates = _walk_ladder(sweep, gammas, ladder_nbeta, step_fractions, epsilons, bar)
     rows += _nbeta_rows(sweep, rows, all_nbetas, ladder_nbeta, mala_band, estimates)
     recommended, reason, table = _recommend_with_details(_table(rows), mala_band, ladder_nbeta)
+    if recommended is not None and recommended["certified"]:
+        table, reason = _relaxation_check(sweep, recommended, table, reason)
     settings = {
         "localizations": gammas, "step_fractions": [float(c) for c in step_fractions],
         "epsilons": None if epsilons is None else [float(e) for e in epsilons], "nbetas": all_nbetas,
@@ -330,6 +334,26 @@ def calibrate(
         table=table[TABLE_COLUMNS].reset_index(drop=True), recommended=recommended, reason=reason,
         traces=pd.concat(traces, ignore_index=True) if traces else pd.DataFrame(), settings=settings, estimates=estimates,
     )
+
+
+def _relaxation_check(sweep: _Sweep, recommended: dict, table: pd.DataFrame, reason: str):
+    """Re-estimate the certified point with twice its burn-in: a capped burn-in can leave the
+    chains where time, not gamma, confines them, and such estimates agree across gammas with
+    no plateau. If the re-run is unhealthy or moves the estimate by more than the plateau's
+    own tolerance (GAMMA_TOL, or two standard errors), the setting loses its certification
+    (regime "curvature"). The re-run is a row of the table (``relaxation_check``)."""
+    chosen = table[table["chosen"]].iloc[0].to_dict()
+    burnin = 2 * max(int(chosen["num_burnin_steps"]), 1)
+    row, _ = sweep.point(float(chosen["localization"]), float(chosen["epsilon"]), float(chosen["nbeta"]), burnin=burnin)
+    healthy = sweep.healthy(row)
+    row.update(relaxation_check=True, healthy=healthy, chosen=False, step_converged=False,
+               reject_reason="" if healthy else rule.reject_reason({"skipped": False, **row}, sweep.mala_band))
+    table = pd.concat([table.assign(relaxation_check=False), _table([row])], ignore_index=True)
+    moved = f"llc {chosen['llc_mean']:.4g} -> {row['llc_mean']:.4g} with burn-in {int(chosen['num_burnin_steps'])} -> {burnin}"
+    if healthy and rule.agree(chosen, row, rule.GAMMA_TOL)[0]:
+        return table, f"{reason}; relaxation check passed ({moved})"
+    recommended.update(certified=False, regime="curvature")
+    return table, f"{reason}; NOT certified: the chains had not relaxed ({moved})"
 
 
 def _recommend_with_details(table: pd.DataFrame, mala_band, nbeta: float) -> tuple[dict | None, str, pd.DataFrame]:

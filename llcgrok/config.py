@@ -127,6 +127,7 @@ class LLCConfig:
     # 1: one at a time. Measured (benchmarks/identity_tables.py): bit for bit the same traces
     # for the modular and addition runs, 1e-8 relative for fraction_of_x's MSE; the presets set it.
     checkpoint_batch: int = 1
+    curvature_examples: typing.Optional[int] = None  # tr(H), h_max on this many training examples (None: all)
     sampler: str = "auto"  # "batched" (chains as one computation), "devinterp" (its loop), "auto" (the faster)
     method: str = "sgld"  # "sgld" or "rmsprop_sgld" (RMSProp-preconditioned)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
@@ -313,6 +314,8 @@ def validate_run(cfg: RunConfig, source: str) -> RunConfig:
     cal = llc.calibration
     _check_positive(source, "llc.curvature_probes", llc.curvature_probes)
     _check_positive(source, "llc.checkpoint_batch", llc.checkpoint_batch)
+    if llc.curvature_examples is not None:
+        _check_positive(source, "llc.curvature_examples", llc.curvature_examples)
     _check_positive(source, "llc.calibration.max_burnin_steps", cal.max_burnin_steps, allow_zero=True)
     if not cal.localizations:
         raise ConfigError(f"{source}: 'llc.calibration.localizations' needs at least one value")

@@ -133,6 +133,19 @@ def curvature_llc(trace: float, nbeta: float, gamma: float) -> float:
     return nbeta * trace / (2 * gamma) if gamma > 0 else float("inf")
 
 
+def curvature_subset(data, examples: int | None, seed: int = 0) -> Dataset:
+    """The examples tr(H) and h_max are measured on: all of ``data`` (``examples`` None), or
+    a fixed random subset of that many. The subset's mean loss is an unbiased estimate of the
+    full-data loss, and a Hessian-vector product costs a pass over what it is given: for
+    100,000 training sequences, 18 s per product on one core."""
+    dataset = as_dataset(data)
+    n = len(dataset)
+    if examples is None or examples >= n:
+        return dataset
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:examples].sort().values
+    return torch.utils.data.TensorDataset(*(t[order] for t in dataset.tensors))
+
+
 def trace_ratio(llc: float, trace: float, nbeta: float, gamma: float) -> float:
     """llc / (nbeta tr(H) / 2 gamma): near 1, the localization dominates what is measured.
     0 where that value is not positive (gamma 0, or a flat point whose tr(H) is 0: nothing

@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-RULE_VERSION = 4
+RULE_VERSION = 5  # 5: v4 and the relaxation check (a certified point is re-estimated at twice its burn-in)
 MAX_REL_SE = 0.25  # standard error over the chains above this fraction of the estimate: too noisy to use
 # |log(llc(eps) / llc(eps/2))| within this (or 2 s.e.): the half step is step-converged. The
 # SGLD bias is about linear in epsilon (on a quadratic, stationary variance
@@ -48,7 +48,10 @@ within {HALVING_TOL:.0%} (or two standard errors): the bias of the step, about l
 then about {HALVING_TOL:.0%} or less at the half step.
 Localization: walking the ladder downwards, the first gamma whose step-converged estimate
 differs from the previous (larger) gamma's by at most {GAMMA_TOL:.0%} per decade (|log ratio| per
-decade) is chosen and the setting is certified, regime "llc". Without such a gamma-plateau the
+decade) is chosen and the setting is certified, regime "llc", if the chosen point passes the relaxation
+check: re-estimated with twice its burn-in, it agrees within {GAMMA_TOL:.0%} (or two standard errors).
+A capped burn-in can leave the chains where time, not gamma, confines them, and two such estimates
+agree across gammas without any plateau; a failed check labels the setting "curvature". Without such a gamma-plateau the
 smallest gamma with a step-converged (else healthy) point is recommended, regime "curvature":
 usable for comparisons at equal settings, not a learning coefficient. nbeta is n / log n
 unless a study fixes it; when several nbetas are given the ladder runs at the preferred one.

@@ -21,9 +21,9 @@ import pandas as pd
 import torch
 
 from . import runs, seqtrain
-from .curvature import hessian_trace
+from .curvature import curvature_subset, hessian_trace
 from .device import resolve_device
-from .llc import LossSpec, as_dataset, make_evaluate
+from .llc import LossSpec, make_evaluate
 from .seqtasks import chance_loss as sequence_chance_loss
 from .tasks import make_task
 from .train import evaluate as evaluate_classifier
@@ -97,23 +97,29 @@ def open_run(run_dir, device: str = "auto") -> RunView:
     return view
 
 
-def checkpoint_traces(view: RunView, probes: int, seed: int = 0) -> pd.DataFrame:
-    """tr(H) of the full-data training loss at every checkpoint (``step``, ``trace_h``,
-    ``trace_h_se``), kept in ``curvature.csv`` and computed only for steps it lacks."""
+def checkpoint_traces(view: RunView, probes: int, seed: int = 0, examples: int | None = None) -> pd.DataFrame:
+    """tr(H) of the training loss (all of it, or ``examples`` of it: :func:`curvature_subset`)
+    at every checkpoint (``step``, ``trace_h``, ``trace_h_se``), kept in ``curvature.csv`` and
+    computed only for steps it lacks at these settings."""
     path = view.run_dir / runs.CURVATURE_CSV
     done = pd.read_csv(path) if path.exists() else pd.DataFrame(columns=["step", "trace_h", "trace_h_se", "probes"])
-    done = done[done["probes"] == probes] if len(done) else done
+    others = done.iloc[0:0]
+    if len(done):
+        measured_on = done["examples"] if "examples" in done else pd.Series(float("nan"), index=done.index)
+        same = (done["probes"] == probes) & (measured_on.isna() if examples is None else (measured_on == examples))
+        done, others = done[same], done[~same]  # values at other settings stay in the file
     have = {int(s) for s in done["step"]}
     rows = done.to_dict("records")
-    dataset, evaluate = as_dataset(view.train), make_evaluate(view.loss)
+    dataset, evaluate = curvature_subset(view.train, examples, seed), make_evaluate(view.loss)
     for step, ckpt in view.checkpoints:
         if step in have:
             continue
         model = view.load(ckpt)
         model.train()
         trace, se = hessian_trace(model, dataset, evaluate, probes=probes, seed=seed)
-        rows.append({"step": step, "trace_h": trace, "trace_h_se": se, "probes": probes})
-        runs.atomic_write_csv(path, pd.DataFrame(rows).sort_values("step"))
+        rows.append({"step": step, "trace_h": trace, "trace_h_se": se, "probes": probes,
+                     **({} if examples is None else {"examples": examples})})
+        runs.atomic_write_csv(path, pd.concat([others, pd.DataFrame(rows)], ignore_index=True).sort_values("step"))
     return pd.DataFrame(rows).sort_values("step").reset_index(drop=True)
 
 

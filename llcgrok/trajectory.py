@@ -25,9 +25,9 @@ from tqdm.auto import tqdm
 from . import plots, runs
 from .runs import CALIBRATION_CSV, CALIBRATION_JSON, LLC_CSV
 from .calibrate import Calibration, NoRecommendation, burnin_steps, calibrate
-from .curvature import Curvature, top_eigenvalue, trace_ratio
+from .curvature import Curvature, curvature_subset, top_eigenvalue, trace_ratio
 from .chains import choose_sampler
-from .llc import AllChainsFailed, LLCError, as_dataset, default_nbeta, estimate_llc, estimate_llc_many, make_evaluate
+from .llc import AllChainsFailed, LLCError, default_nbeta, estimate_llc, estimate_llc_many, make_evaluate
 from .rule import RULE, RULE_VERSION, TRACE_RATIO_MAX
 from .rundata import RunView, checkpoint_traces, open_run, peak_step
 from .sgld_batched import BatchingUnsupported
@@ -55,6 +55,7 @@ def _calibration_settings(llc_cfg, view: RunView, steps: list[int]) -> dict:
         "batch_size": int(llc_cfg.batch_size), "seed": int(llc_cfg.seed), "mala_band": [float(m) for m in cal.mala_band],
         "nbeta_preferred": round(nbeta, 6), "steps": steps, "rule_version": RULE_VERSION,
         "curvature_probes": int(llc_cfg.curvature_probes), **estimator_options(llc_cfg),
+        **({} if llc_cfg.curvature_examples is None else {"curvature_examples": int(llc_cfg.curvature_examples)}),
     }
 
 
@@ -75,7 +76,7 @@ def load_calibration(run_dir) -> Calibration | None:
 def _calibrate_step(view: RunView, step: int, settings: dict, traces: pd.DataFrame, llc_cfg, quiet: bool) -> Calibration:
     model = view.load(dict(view.checkpoints)[step])
     model.train()
-    h_max = top_eigenvalue(model, as_dataset(view.train), make_evaluate(view.loss))
+    h_max = top_eigenvalue(model, curvature_subset(view.train, llc_cfg.curvature_examples), make_evaluate(view.loss))
     trace = float(traces.loc[traces["step"] == step, "trace_h"].iloc[0])
     curvature = Curvature(trace, float("nan"), h_max, sum(p.numel() for p in model.parameters()))
     keys = ("localizations", "step_fractions", "epsilons", "nbetas", "num_chains", "num_draws", "num_burnin_steps",
@@ -119,7 +120,7 @@ def calibrate_run(run_dir, llc_cfg, *, quiet: bool = False, force: bool = False)
     view = open_run(run_dir, llc_cfg.device)
     if not runs.is_trained(view.run_dir):
         raise LLCError(f"{view.run_dir}: training has not finished; calibration needs the final checkpoint")
-    traces = checkpoint_traces(view, llc_cfg.curvature_probes)
+    traces = checkpoint_traces(view, llc_cfg.curvature_probes, examples=llc_cfg.curvature_examples)
     steps = [view.final[0]]
     peak = peak_step(traces)
     if llc_cfg.calibration.checkpoints == "final+peak" and peak is not None and peak not in steps:
@@ -145,8 +146,9 @@ def _calibration_figures(view: RunView, result: Calibration) -> None:
     """The ladder of every calibrated checkpoint, and the epsilon x nbeta grid of the final
     one at the chosen localization (or at its smallest, without a recommendation)."""
     figures = view.run_dir / "figures"
-    plots.save_figure(plots.plot_calibration_ladder(result.table, result.recommended), figures / "calibration_ladder.png")
-    final = result.table[result.table["step"] == result.step]
+    ladder = result.table[~result.table["relaxation_check"].astype(bool)]  # the re-run of a chosen point is not a rung
+    plots.save_figure(plots.plot_calibration_ladder(ladder, result.recommended), figures / "calibration_ladder.png")
+    final = ladder[ladder["step"] == result.step]
     gamma = result.recommended["localization"] if result.recommended else final["localization"].min()
     at_gamma = final[np.isclose(final["localization"], gamma)]
     plots.save_figure(plots.plot_calibration_heatmap(at_gamma if len(at_gamma) else final, result.recommended),
@@ -249,11 +251,13 @@ def trajectory_frame(rows: list[dict], columns: list[str] = TRAJECTORY_COLUMNS) 
 
 
 def regime_of(row: dict, trace_h: float, certified: bool) -> tuple[str, float]:
-    """("llc" or "curvature", trace_ratio) of one estimate: "llc" only for a certified setting
-    whose estimate is not localization-dominated (trace_ratio <= TRACE_RATIO_MAX)."""
+    """("llc" or "curvature", trace_ratio) of one estimate: "llc" only for a healthy estimate
+    at a certified setting that is not localization-dominated (trace_ratio <= TRACE_RATIO_MAX).
+    An unhealthy one (a negative value, a drifting trace) is not certified by its setting."""
     gamma, llc = float(row["localization"]), float(row.get("llc_mean", float("nan")))
     ratio = trace_ratio(llc, trace_h, float(row["nbeta"]), gamma)
-    ok = certified and math.isfinite(llc) and (not math.isfinite(ratio) or ratio <= TRACE_RATIO_MAX)
+    healthy = bool(row.get("healthy", False))
+    ok = certified and healthy and math.isfinite(llc) and (not math.isfinite(ratio) or ratio <= TRACE_RATIO_MAX)
     return ("llc" if ok else "curvature"), float(ratio)
 
 
@@ -313,7 +317,7 @@ def run_trajectory(run_dir, llc_cfg, *, calibrate: bool | None = None, quiet: bo
     view = open_run(run_dir, llc_cfg.device)
     calibrate_first = llc_cfg.calibrate if calibrate is None else calibrate
     settings, provenance = _trajectory_settings(view, llc_cfg, calibrate_first, quiet, strict)
-    traces = checkpoint_traces(view, llc_cfg.curvature_probes).set_index("step")["trace_h"]
+    traces = checkpoint_traces(view, llc_cfg.curvature_probes, examples=llc_cfg.curvature_examples).set_index("step")["trace_h"]
     path = view.run_dir / LLC_CSV
     rows = rows_done(path, settings)
     done = {int(r["step"]) for r in rows}

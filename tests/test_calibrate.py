@@ -180,7 +180,10 @@ def test_trajectory_uses_the_recommended_point_and_its_regime(trained_run, tmp_p
     assert np.allclose(frame["epsilon"], 3e-5) and np.allclose(frame["nbeta"], 7.0)
     assert (frame["num_burnin_steps"] == 4).all() and np.allclose(frame["gamma_slope"], 0.05)
     # trace_ratio is each row's own: llc / (nbeta tr(H) / 2 gamma); "llc" only where it is <= 0.5
+    # and the row itself is healthy (a certified setting does not make a drifting or negative
+    # estimate an LLC)
     expected = frame["llc_mean"] / (7.0 * frame["trace_h"] / 2.0)
     assert np.allclose(frame["trace_ratio"], expected, equal_nan=True)
     healthy_ratio = frame["trace_ratio"] <= 0.5
-    assert ((frame["regime"] == "llc") == (healthy_ratio & frame["llc_mean"].notna())).all()
+    assert ((frame["regime"] == "llc") == (healthy_ratio & frame["llc_mean"].notna() & frame["healthy"].astype(bool))).all()
+    assert not (frame["regime"].eq("llc") & ~frame["healthy"].astype(bool)).any()

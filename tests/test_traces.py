@@ -111,3 +111,28 @@ def test_checkpoint_traces_figure_marks_init_loss_burn_in_and_the_window(tmp_pat
     assert "MALA" in mala_ax.get_ylabel()
     missing = plots.plot_checkpoint_traces(tmp_path, 7).axes[0].texts[0].get_text()
     assert missing == "no traces stored for step 7 (stored: 50)"
+
+
+def test_curvature_on_a_subset_is_cached_apart_from_the_full_data_one(tmp_path):
+    """llc.curvature_examples: tr(H) on a fixed random subset of the training data, kept in
+    curvature.csv beside (not instead of) the full-data values."""
+    import torch
+
+    from llcgrok.curvature import curvature_subset
+    from llcgrok.rundata import checkpoint_traces, open_run
+
+    data = (torch.arange(10.0).unsqueeze(1), torch.arange(10))
+    subset = curvature_subset(data, 4, seed=0)
+    assert len(subset) == 4 and len(curvature_subset(data, 4, seed=0)) == 4
+    assert torch.equal(subset.tensors[1], curvature_subset(data, 4, seed=0).tensors[1])
+    assert len(curvature_subset(data, None)) == len(curvature_subset(data, 50)) == 10
+
+    run = train_tiny_run(tmp_path / "run")
+    view = open_run(run, "cpu")
+    full = checkpoint_traces(view, probes=2)
+    part = checkpoint_traces(view, probes=2, examples=view.num_data // 2)
+    assert len(full) == len(part) == len(view.checkpoints)
+    assert not np.allclose(full["trace_h"], part["trace_h"])  # another loss, another estimate
+    on_disk = __import__("pandas").read_csv(run / runs.CURVATURE_CSV)
+    assert len(on_disk) == 2 * len(view.checkpoints)
+    np.testing.assert_array_equal(checkpoint_traces(view, probes=2)["trace_h"], full["trace_h"])  # read back, not redone
