@@ -92,7 +92,7 @@ class TrainConfig:
 
 @dataclass
 class CalibrationConfig:
-    """Rule v4 (llcgrok.rule): a localization ladder walked downwards, at each rung steps
+    """Rule v5 (llcgrok.rule): a localization ladder walked downwards, at each rung steps
     epsilon = c / (nbeta h_max + gamma) for the step fractions c, halved until the estimate
     stops moving; the first gamma at which the estimate stops changing is certified."""
 

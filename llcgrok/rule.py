@@ -1,4 +1,5 @@
-"""Calibration rule v4: a step size per localization, then the localization itself.
+"""Calibration rule v5: a step size per localization, then the localization itself (v5: and a
+relaxation check of the certified point).
 
 An estimate with localization gamma counts, in the quadratic picture, a direction of
 Hessian eigenvalue h with weight nbeta*h / (nbeta*h + gamma): it is a learning coefficient
