@@ -320,8 +320,7 @@ def calibrate(
         rows, estimates = _walk_ladder(sweep, gammas, ladder_nbeta, step_fractions, epsilons, bar)
     rows += _nbeta_rows(sweep, rows, all_nbetas, ladder_nbeta, mala_band, estimates)
     recommended, reason, table = _recommend_with_details(_table(rows), mala_band, ladder_nbeta)
-    if recommended is not None and recommended["certified"]:
-        table, reason = _relaxation_check(sweep, recommended, table, reason)
+    table, reason = _relaxation_check(sweep, recommended, table, reason)
     settings = {
         "localizations": gammas, "step_fractions": [float(c) for c in step_fractions],
         "epsilons": None if epsilons is None else [float(e) for e in epsilons], "nbetas": all_nbetas,
@@ -341,7 +340,10 @@ def _relaxation_check(sweep: _Sweep, recommended: dict, table: pd.DataFrame, rea
     chains where time, not gamma, confines them, and such estimates agree across gammas with
     no plateau. If the re-run is unhealthy or moves the estimate by more than the plateau's
     own tolerance (GAMMA_TOL, or two standard errors), the setting loses its certification
-    (regime "curvature"). The re-run is a row of the table (``relaxation_check``)."""
+    (regime "curvature"). The re-run is a row of the table (``relaxation_check``). Only a
+    certified recommendation is checked."""
+    if recommended is None or not recommended["certified"]:
+        return table, reason
     chosen = table[table["chosen"]].iloc[0].to_dict()
     burnin = 2 * max(int(chosen["num_burnin_steps"]), 1)
     row, _ = sweep.point(float(chosen["localization"]), float(chosen["epsilon"]), float(chosen["nbeta"]), burnin=burnin)

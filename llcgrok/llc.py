@@ -361,6 +361,14 @@ def _finish(centre: _Centre, results: list, used: str, settings: dict, *, num_ch
     )
 
 
+def _problem(loss, data, nbeta, device) -> tuple:
+    """The loss as ``evaluate(model, batch)``, the dataset, its size, n*beta (n / log n when
+    None) and the device: what every estimate of one data set shares."""
+    evaluate, dataset = make_evaluate(loss), as_dataset(data)
+    n = len(dataset)
+    return evaluate, dataset, n, default_nbeta(n) if nbeta is None else float(nbeta), resolve_device(device)
+
+
 def _chain_settings(epsilon, nbeta, localization, num_draws, num_burnin_steps, batch_size, method) -> dict:
     return dict(epsilon=float(epsilon), nbeta=nbeta, localization=float(localization), num_draws=int(num_draws),
                 num_burnin_steps=int(num_burnin_steps), batch_size=int(batch_size), method=method)
@@ -406,10 +414,7 @@ def estimate_llc(
     Raises :class:`AllChainsFailed` when no chain survives (lower epsilon or nbeta).
     """
     _check_settings(epsilon, nbeta, localization, num_chains, num_draws, num_burnin_steps, batch_size, cores, sampler, method)
-    evaluate, dataset = make_evaluate(loss), as_dataset(data)
-    n = len(dataset)
-    nbeta = default_nbeta(n) if nbeta is None else float(nbeta)
-    dev = resolve_device(device)
+    evaluate, dataset, n, nbeta, dev = _problem(loss, data, nbeta, device)
     start = time.perf_counter()
     centre = _centre(model, dataset, evaluate, dev, chance_loss)
     cores_used = effective_cores(cores, num_chains, dev)
@@ -438,18 +443,13 @@ def estimate_llc_many(models: Sequence[torch.nn.Module], data: DataSpec, *, loss
     :class:`~llcgrok.sgld_batched.BatchingUnsupported` for what the batched sampler refuses.
     """
     _check_settings(epsilon, nbeta, localization, num_chains, num_draws, num_burnin_steps, batch_size, 1, "batched", method)
-    evaluate, dataset = make_evaluate(loss), as_dataset(data)
-    n = len(dataset)
-    nbeta = default_nbeta(n) if nbeta is None else float(nbeta)
-    dev = resolve_device(device)
+    evaluate, dataset, n, nbeta, dev = _problem(loss, data, nbeta, device)
     start = time.perf_counter()
     centres = [_centre(m, dataset, evaluate, dev, chance_loss) for m in models]
     settings = _chain_settings(epsilon, nbeta, localization, num_draws, num_burnin_steps, batch_size, method)
     specs = _specs(settings, dev, num_chains, seed)
-    chain_models = [c.work for c in centres for _ in specs]
-    results = sgld_batched.sample_chains(chain_models, dataset, evaluate, specs * len(centres))
-    seconds = (time.perf_counter() - start) / len(centres)
-    out = []
+    results = sgld_batched.sample_chains([c.work for c in centres for _ in specs], dataset, evaluate, specs * len(centres))
+    seconds, out = (time.perf_counter() - start) / len(centres), []
     for i, centre in enumerate(centres):
         try:
             out.append(_finish(centre, results[i * num_chains:(i + 1) * num_chains], "batched", settings,

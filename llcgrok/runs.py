@@ -9,8 +9,7 @@ Layout of one run directory::
     state.pt          optimizer / RNG state of the last checkpoint, for resume
     llc.csv           LLC per checkpoint (written by ``llcgrok llc``)
     llc_traces.npz    the SGLD loss and MALA traces behind every row of llc.csv (TRACES_NPZ)
-    fingerprints.csv, fingerprint_probes.json   with train.fingerprint_every (llcgrok.fingerprints)
-    dmd_eigenvalues.csv                         DMD spectrum of the fingerprints (llcgrok.dmd)
+    fingerprints.csv, fingerprint_probes.json, dmd_eigenvalues.csv   fingerprints and their DMD (llcgrok.dmd)
 
 Every file is written to a temporary name beside its target and renamed, so a file is
 either whole or absent, whatever kills the process. A directory holds one training config
@@ -43,16 +42,12 @@ from .model import GrokTransformer, build_model
 
 CHECKPOINT_FORMAT = "llcgrok-checkpoint-v1"
 CHECKPOINT_RE = re.compile(r"^step_(\d+)\.pt$")
-# Every file of a run directory, named once (the layout above).
-CONFIG_YAML, CONFIG_JSON = "config.yaml", "config.json"  # the main trainer's, the sequence trainer's
-METRICS_CSV, SUMMARY_JSON, STATE_PT = "metrics.csv", "summary.json", "state.pt"
-CHECKPOINTS_DIR, FIGURES_DIR = "checkpoints", "figures"
-LLC_CSV, TRACES_NPZ, CURVATURE_CSV = "llc.csv", "llc_traces.npz", "curvature.csv"
-CALIBRATION_CSV, CALIBRATION_JSON = "calibration.csv", "calibration.json"
+# Every file of a run directory, named once (config.json: the sequence trainer's; status.json: a sweep's, last).
+CONFIG_YAML, CONFIG_JSON, METRICS_CSV, SUMMARY_JSON, STATE_PT = "config.yaml", "config.json", "metrics.csv", "summary.json", "state.pt"
+CHECKPOINTS_DIR, FIGURES_DIR, STATUS_JSON, LLC_CSV, TRACES_NPZ = "checkpoints", "figures", "status.json", "llc.csv", "llc_traces.npz"
+CALIBRATION_CSV, CALIBRATION_JSON, CURVATURE_CSV = "calibration.csv", "calibration.json", "curvature.csv"
 FINGERPRINTS_CSV, PROBES_JSON, DMD_CSV = "fingerprints.csv", "fingerprint_probes.json", "dmd_eigenvalues.csv"
-STATUS_JSON = "status.json"  # written last by a sweep into a config's directory: the config is complete
-# What each checkpoint's entry in TRACES_NPZ holds: LLCEstimate attributes of the same names.
-TRACE_FIELDS = ("loss_trace", "mala_trace", "init_loss", "nbeta", "epsilon", "localization", "num_burnin_steps")
+TRACE_FIELDS = ("loss_trace", "mala_trace", "init_loss", "nbeta", "epsilon", "localization", "num_burnin_steps")  # per entry of TRACES_NPZ
 
 
 class CheckpointError(RuntimeError):

@@ -257,6 +257,57 @@ def _summary(loop: _Loop, table: pd.DataFrame, step: int, elapsed: float) -> dic
     }
 
 
+def _update(loop: _Loop, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One AdamW update on a fresh batch; the batch's loss and correct count, on the device."""
+    tc, data = loop.cfg.train, loop.data
+    for group in loop.optimizer.param_groups:
+        group["lr"] = learning_rate(tc, step)
+    idx = torch.randint(len(data.train_targets), (tc.batch_size,), generator=loop.batch_gen).to(loop.device, non_blocking=True)
+    inputs, targets = data.train_inputs[idx], data.train_targets[idx]
+    logits = loop.model(inputs)
+    loss = F.cross_entropy(logits, targets)
+    loop.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    loop.optimizer.step()
+    return loss.detach(), (logits.detach().argmax(-1) == targets).sum()
+
+
+def _run_steps(loop: _Loop, run_dir: Path | None, save_points: set, quiet: bool) -> tuple[int, float]:
+    """Train from ``loop.start_step`` to the last step (early stop included), evaluating,
+    recording and saving on schedule; the last step and the run's wall time so far."""
+    tc = loop.cfg.train
+    # Accumulated on the device and read back only at evaluation, so the step never syncs.
+    loss_acc, correct_acc, batches = torch.zeros((), device=loop.device), torch.zeros((), device=loop.device), 0
+    grok_step = metrics_mod.steps_to_grokking(pd.DataFrame(loop.rows, columns=METRIC_COLUMNS)) if loop.rows else None
+    stop_at = _stop_at(tc, grok_step)
+    loop.model.train()
+    t0 = time.perf_counter()
+    step = loop.start_step
+    with tqdm(total=tc.num_steps, initial=step, disable=quiet, desc=loop.cfg.run_id, unit="step", leave=False) as bar:
+        while step < stop_at:
+            loss, correct = _update(loop, step)
+            step += 1
+            loss_acc += loss
+            correct_acc += correct
+            batches += 1
+            if step % tc.eval_every == 0 or step in save_points or step == stop_at:
+                row = _eval_row(loop, step, loss_acc.item(), correct_acc.item(), batches)
+                loop.rows.append(row)
+                loss_acc.zero_()
+                correct_acc.zero_()
+                batches = 0
+                bar.set_postfix(train_acc=f"{row['train_acc']:.3f}", val_acc=f"{row['val_acc']:.3f}", refresh=False)
+                if grok_step is None and row["val_acc"] > metrics_mod.THRESHOLD:
+                    grok_step = step
+                    stop_at = min(stop_at, _stop_at(tc, grok_step))
+            if loop.recorder is not None and loop.recorder.due(step):
+                loop.recorder.record(loop.model, step)
+            bar.update(1)
+            if run_dir is not None and (step in save_points or step == stop_at):
+                _save(loop, run_dir, step, loop.elapsed_before + time.perf_counter() - t0)
+    return step, loop.elapsed_before + time.perf_counter() - t0
+
+
 def train(cfg: RunConfig, run_dir: str | Path | None = None, *, quiet: bool = False, resume: bool = True,
           force: bool = False) -> TrainResult:
     """Train one config. With ``run_dir``, write config, checkpoints, metrics and summary
@@ -267,7 +318,7 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None, *, quiet: bool = Fa
     if tc.num_threads:
         torch.set_num_threads(tc.num_threads)
     loop = _start(cfg)
-    model, data, recorder, device = loop.model, loop.data, loop.recorder, loop.device
+    model, recorder = loop.model, loop.recorder
     save_points = set(checkpoint_steps(tc))
     if run_dir is not None:
         run_dir = Path(run_dir)
@@ -276,48 +327,7 @@ def train(cfg: RunConfig, run_dir: str | Path | None = None, *, quiet: bool = Fa
         recorder.record(model, 0)
         if run_dir is not None:
             recorder.write(run_dir)
-    # Accumulated on the device and read back only at evaluation, so the step never syncs.
-    loss_acc, correct_acc, batches = torch.zeros((), device=device), torch.zeros((), device=device), 0
-    grok_step = metrics_mod.steps_to_grokking(pd.DataFrame(loop.rows, columns=METRIC_COLUMNS)) if loop.rows else None
-    stop_at = _stop_at(tc, grok_step)
-    model.train()
-    t0 = time.perf_counter()
-    bar = tqdm(total=tc.num_steps, initial=loop.start_step, disable=quiet, desc=cfg.run_id, unit="step", leave=False)
-    step = loop.start_step
-    while step < stop_at:
-        for group in loop.optimizer.param_groups:
-            group["lr"] = learning_rate(tc, step)
-        idx = torch.randint(len(data.train_targets), (tc.batch_size,), generator=loop.batch_gen).to(device, non_blocking=True)
-        inputs, targets = data.train_inputs[idx], data.train_targets[idx]
-        logits = model(inputs)
-        loss = F.cross_entropy(logits, targets)
-        loop.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        loop.optimizer.step()
-        step += 1
-        loss_acc += loss.detach()
-        correct_acc += (logits.detach().argmax(-1) == targets).sum()
-        batches += 1
-        if step % tc.eval_every == 0 or step in save_points or step == stop_at:
-            try:
-                loop.rows.append(_eval_row(loop, step, loss_acc.item(), correct_acc.item(), batches))
-            except TrainingDiverged:
-                bar.close()
-                raise
-            loss_acc.zero_()
-            correct_acc.zero_()
-            batches = 0
-            bar.set_postfix(train_acc=f"{loop.rows[-1]['train_acc']:.3f}", val_acc=f"{loop.rows[-1]['val_acc']:.3f}", refresh=False)
-            if grok_step is None and loop.rows[-1]["val_acc"] > metrics_mod.THRESHOLD:
-                grok_step = step
-                stop_at = min(stop_at, _stop_at(tc, grok_step))
-        if recorder is not None and recorder.due(step):
-            recorder.record(model, step)
-        bar.update(1)
-        if run_dir is not None and (step in save_points or step == stop_at):
-            _save(loop, run_dir, step, loop.elapsed_before + time.perf_counter() - t0)
-    bar.close()
-    elapsed = loop.elapsed_before + time.perf_counter() - t0
+    step, elapsed = _run_steps(loop, run_dir, save_points, quiet)
     table = pd.DataFrame(loop.rows, columns=METRIC_COLUMNS)
     summary = _summary(loop, table, step, elapsed)
     if run_dir is not None:
