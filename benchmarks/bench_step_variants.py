@@ -91,11 +91,11 @@ def ensemble_attention(device, size="1x64", members=5, steps=20):
 def _time_ensemble(ens, x, y, name, device, steps):
     import contextlib
 
-    from llcgrok.ensemble import _math_attention
+    from llcgrok.device import math_attention
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        ctx = _math_attention() if name.startswith("math path") else contextlib.nullcontext()
+        ctx = math_attention() if name.startswith("math path") else contextlib.nullcontext()
         with ctx:
             fwd = ens._forward
             for _ in range(3):

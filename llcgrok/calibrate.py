@@ -26,7 +26,8 @@ from tqdm.auto import tqdm
 
 from . import rule
 from .curvature import measure_curvature, trace_ratio
-from .llc import AllChainsFailed, DataSpec, LLCError, LossSpec, as_dataset, default_nbeta, estimate_llc
+from .llc import AllChainsFailed, LLCError, estimate_llc
+from .loss_data import DataSpec, LossSpec, as_dataset, default_nbeta
 from .rule import DEFAULT_MALA_BAND, RULE, RULE_VERSION, recommend  # noqa: F401  (public names)
 
 # c in epsilon = c / (nbeta h_max + gamma): c 0.2, a tenth of the stability limit (2) of the

@@ -21,7 +21,7 @@ from typing import Sequence
 
 import pandas as pd
 
-from .config import ModelConfig, Params, RunConfig, get_dotted
+from .config_sections import ModelConfig, Params, RunConfig, get_dotted
 from .model import count_params
 from .tasks import NUM_SYMBOLS, num_classes_for
 

@@ -13,8 +13,9 @@ import os
 import sys
 from pathlib import Path
 
-from .config import (ConfigError, is_sequence, load_params, params_from_sections, parse_overrides, read_sections, resolve_run,
-                     set_dotted, validate_run)
+from .config import is_sequence, load_params, params_from_sections, parse_overrides, read_sections, resolve_run
+from .config_sections import ConfigError
+from .config_validation import set_dotted, validate_run
 
 EXIT_FAILED, EXIT_BAD_INPUT, EXIT_LOCKED = 1, 2, 3
 

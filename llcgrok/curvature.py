@@ -19,14 +19,14 @@ under the math backend (the same numbers, slower).
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass
 
 import torch
 from torch.utils.data import Dataset
 
-from .llc import _chunks, as_dataset, make_evaluate
+from .device import math_attention
+from .loss_data import _chunks, as_dataset, make_evaluate
 
 # A Hessian spectrum measured to a few per cent is all the step rule and the label need.
 TRACE_PROBES = 20
@@ -42,14 +42,6 @@ class Curvature:
     num_params: int
 
 
-def _math_attention():
-    try:
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-    except ImportError:  # pragma: no cover - torch without the context manager
-        return contextlib.nullcontext()
-    return sdpa_kernel([SDPBackend.MATH])
-
-
 def _params(model: torch.nn.Module) -> list[torch.Tensor]:
     return [p for p in model.parameters() if p.requires_grad]
 
@@ -60,7 +52,7 @@ def hessian_vector_product(model, dataset: Dataset, evaluate, vector: list[torch
     device = params[0].device
     total = [torch.zeros_like(p) for p in params]
     n = len(dataset)
-    with _math_attention():
+    with math_attention():
         for batch in _chunks(dataset, chunk):
             batch = [t.to(device) for t in batch]
             loss = evaluate(model, batch) * (len(batch[0]) / n)

@@ -28,35 +28,28 @@ finished by ``train(cfg, run_dir)``, which resumes from the ``state.pt`` written
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from torch.func import functional_call, stack_module_state, vmap
 from tqdm.auto import tqdm
 
 from . import metrics as metrics_mod
 from . import runs
-from .config import RunConfig
+from .config_sections import RunConfig, TrainConfig
 from .device import resolve_device
+from .ensemble_model import EnsembleModel, _evaluate_members
 from .model import GrokTransformer, build_model
-from .tasks import make_task
-from .train import (
-    METRIC_COLUMNS,
-    TrainingDiverged,
-    TrainResult,
-    _rng_seed,
-    checkpoint_steps,
-    train,
-    eval_chunk_size,
-    learning_rate,
-)
+from .seeding import BATCHES, EVALUATION, INIT, rng_seed
+from .tasks import TaskData, make_task
+from .loop import TrainingDiverged, checkpoint_steps, learning_rate, stop_step
+from .train import METRIC_COLUMNS, TrainResult, eval_chunk_size, train
 
 __all__ = ["train_ensemble", "EnsembleModel", "seed_config"]
 
@@ -66,59 +59,6 @@ def seed_config(cfg: RunConfig, seed: int) -> RunConfig:
     out = copy.deepcopy(cfg)
     out.train.seed = seed
     return out
-
-
-def _math_attention():
-    """On a CPU, torch's fused attention kernel has no vmap rule (vmap would loop over the
-    seeds); the math path is plain matmul and softmax, which vmap batches, and at four
-    tokens it is as fast (measured)."""
-    try:
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-    except ImportError:  # torch < 2.3
-        return contextlib.nullcontext()
-    return sdpa_kernel([SDPBackend.MATH])
-
-
-class EnsembleModel:
-    """Stacked weights of ``S`` models of one architecture and their vectorised forward.
-
-    ``params[name]`` has shape ``(S, *shape)``; ``forward(inputs)`` maps ``(S, B, T)``
-    token rows to ``(S, B, C)`` logits.
-    """
-
-    def __init__(self, models: Sequence[GrokTransformer], attention: str = "auto"):
-        if attention not in ("auto", "math", "fused"):
-            raise ValueError(f"attention must be 'auto', 'math' or 'fused', got {attention!r}")
-        self.template = models[0]
-        self.params, self.buffers = stack_module_state(list(models))
-        self._skeleton = copy.deepcopy(models[0]).to("meta")
-        self.size = len(models)
-        self.device = next(iter(self.params.values())).device
-        # "auto" is the math path everywhere: the fused CPU kernel has no vmap rule, and on
-        # CUDA (torch 2.11, H100) the fused kernel's backward under vmap fails with "LSE is
-        # not correctly aligned"; the math path gave the 1.9-2.35x ensemble speed-up there.
-        self.use_math = attention in ("math", "auto")
-
-        def one(params, buffers, x):
-            return functional_call(self._skeleton, (params, buffers), (x,))
-
-        self._forward = vmap(one)
-
-    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        ctx = _math_attention() if self.use_math else contextlib.nullcontext()
-        with ctx:
-            return self._forward(self.params, self.buffers, inputs)
-
-    __call__ = forward
-
-    def state_dict(self, member: int) -> dict[str, torch.Tensor]:
-        return {name: value[member].detach().clone() for name, value in {**self.params, **self.buffers}.items()}
-
-    def member(self, index: int, device: torch.device | str | None = None) -> GrokTransformer:
-        """A standalone model holding member ``index``'s current weights."""
-        model = copy.deepcopy(self.template)
-        model.load_state_dict(self.state_dict(index))
-        return model.to(device or self.device)
 
 
 def _member_optimizer_state(opt_state: dict, member: int) -> dict:
@@ -145,32 +85,229 @@ def _train_one_by_one(cfg: RunConfig, seeds: list[int], run_dirs, quiet: bool) -
     return results
 
 
-@torch.inference_mode()
-def _evaluate_members(model: EnsembleModel, inputs, targets, draws, due, chunk: int) -> tuple[list, list]:
-    """Per member, mean loss and accuracy over ``inputs[m][draws[m]]`` (draws with
-    replacement), each distinct row evaluated once and weighted by its count. Members not
-    ``due`` get weight 0 everywhere (their numbers are discarded)."""
-    size, n = inputs.shape[0], inputs.shape[1]
-    counts = torch.zeros(size, n, device=inputs.device)
-    counts.scatter_add_(1, draws, torch.ones_like(draws, dtype=counts.dtype))
-    counts[~due] = 0
-    present = counts > 0
-    width = max(int(present.sum(1).max().item()), 1)
-    # Distinct rows first (stable sort on "absent"), padded to a common width with weight 0.
-    order = torch.sort((~present).to(torch.int8), dim=1, stable=True).indices[:, :width]
-    weights = counts.gather(1, order)
-    members = torch.arange(size, device=inputs.device).unsqueeze(1)
-    rows, tgts = inputs[members, order], targets[members, order]
-    loss_sum = torch.zeros(size, device=inputs.device)
-    correct = torch.zeros(size, device=inputs.device)
-    for start in range(0, width, chunk):
-        logits = model(rows[:, start : start + chunk])
-        tgt, w = tgts[:, start : start + chunk], weights[:, start : start + chunk]
-        loss = F.cross_entropy(logits.flatten(0, 1), tgt.flatten(), reduction="none").view_as(w)
-        loss_sum += (loss * w).sum(1)
-        correct += ((logits.argmax(-1) == tgt).to(w.dtype) * w).sum(1)
-    total = counts.sum(1).clamp_min(1)
-    return (loss_sum / total).tolist(), (correct / total).tolist()
+@dataclass
+class _EnsembleLoop:
+    """What a vectorised ensemble carries from step to step: the stacked model and its
+    optimizer, and per member its config, data (stacked along a leading member dimension),
+    generators and progress."""
+
+    cfg: RunConfig
+    seeds: list[int]
+    configs: list[RunConfig]  # seed_config(cfg, seed) of each member
+    tasks: list[TaskData]
+    device: torch.device
+    train_inputs: torch.Tensor
+    train_targets: torch.Tensor
+    val_inputs: torch.Tensor
+    val_targets: torch.Tensor
+    models: list[GrokTransformer]  # the initial weights, for the step-0 checkpoints
+    ensemble: EnsembleModel
+    optimizer: torch.optim.Optimizer
+    batch_gens: list[torch.Generator]
+    eval_gens: list[torch.Generator]
+    dirs: list[Path] | None = None
+    member_index: torch.Tensor = field(init=False)  # (members, 1): picks each member's rows of the stacked data
+    chunk: int = field(init=False)  # rows per forward pass in evaluation
+    # Per member: train loss and correct count since its last row (on the device), rows, last step.
+    loss_acc: torch.Tensor = field(init=False)
+    correct_acc: torch.Tensor = field(init=False)
+    since_eval: list[int] = field(init=False)
+    rows: list[list[dict]] = field(init=False)
+    stop_at: list[int] = field(init=False)
+    grok_step: list[int | None] = field(init=False)
+    final_state: list[dict | None] = field(init=False)
+    final_step: list[int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        size = len(self.seeds)
+        self.member_index = torch.arange(size, device=self.device).unsqueeze(1)
+        self.chunk = eval_chunk_size(self.device)
+        self.loss_acc = torch.zeros(size, device=self.device)
+        self.correct_acc = torch.zeros(size, device=self.device)
+        self.since_eval = [0] * size
+        self.rows = [[] for _ in range(size)]
+        self.stop_at = [self.cfg.train.num_steps] * size
+        self.grok_step = [None] * size
+        self.final_state = [None] * size
+        self.final_step = [0] * size
+
+
+def _check_arguments(seeds: list[int], run_dirs) -> None:
+    if not seeds:
+        raise ValueError("train_ensemble needs at least one seed")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"train_ensemble: repeated seeds in {seeds}")
+    if run_dirs is not None and len(run_dirs) != len(seeds):
+        raise ValueError(f"train_ensemble: {len(run_dirs)} run directories for {len(seeds)} seeds")
+
+
+def _vectorized(tc: TrainConfig, device: torch.device, vectorize: bool | None) -> bool:
+    """Whether the seeds train as one vectorised pass (see :func:`train_ensemble`)."""
+    # Fingerprints and initial-weight perturbations are recorded and applied by train() alone.
+    per_run_only = bool(tc.fingerprint_every) or tc.init_perturbation != 0
+    if vectorize and per_run_only:
+        raise ValueError("train_ensemble: train.fingerprint_every and train.init_perturbation need vectorize=False")
+    if vectorize is None:
+        return device.type != "cpu" and not per_run_only
+    return bool(vectorize)
+
+
+def _start(cfg: RunConfig, seeds: list[int], device: torch.device, attention: str) -> _EnsembleLoop:
+    """Every member's task, initial weights and generators as ``train()`` draws them, the
+    weights stacked into one model and one AdamW."""
+    tc = cfg.train
+    configs = [seed_config(cfg, s) for s in seeds]
+    tasks = [make_task(cfg.task, seed=s) for s in seeds]
+    data = [torch.stack([getattr(t, name) for t in tasks]).to(device)
+            for name in ("train_inputs", "train_targets", "val_inputs", "val_targets")]
+    models = []
+    for s in seeds:
+        torch.manual_seed(rng_seed(s, INIT))  # the initial weights train() would draw
+        models.append(build_model(cfg.model, tasks[0].vocab_size, tasks[0].num_classes, tasks[0].seq_len).to(device))
+    ensemble = EnsembleModel(models, attention)
+    params = list(ensemble.params.values())  # model.parameters() order: state.pt loads into train()
+    fused = device.type in ("cpu", "cuda")
+    optimizer = torch.optim.AdamW(params, lr=tc.lr, betas=(tc.beta1, tc.beta2), weight_decay=tc.weight_decay, fused=fused)
+    batch_gens = [torch.Generator().manual_seed(rng_seed(s, BATCHES)) for s in seeds]
+    eval_gens = [torch.Generator().manual_seed(rng_seed(s, EVALUATION)) for s in seeds]
+    return _EnsembleLoop(cfg, seeds, configs, tasks, device, *data, models, ensemble, optimizer, batch_gens, eval_gens)
+
+
+def _prepare_dirs(loop: _EnsembleLoop, run_dirs: Sequence[str | Path]) -> None:
+    loop.dirs = [Path(d) for d in run_dirs]
+    for d, member_cfg, model in zip(loop.dirs, loop.configs, loop.models):
+        runs.prepare_run_dir(d, runs.training_identity(member_cfg))  # another config there is refused
+        runs.replace_run_dir(d)  # an ensemble starts at step 0: nothing of an earlier try stays
+        runs.write_config(d, member_cfg)
+        runs.save_checkpoint(runs.checkpoint_path(d, 0), model, 0, member_cfg)
+
+
+def _save_member(loop: _EnsembleLoop, m: int, step: int, elapsed: float) -> None:
+    """Member ``m``'s checkpoint, metrics and the ``state.pt`` that ``train()`` resumes from."""
+    model = loop.ensemble.member(m, "cpu")
+    run_dir, member_cfg = loop.dirs[m], loop.configs[m]
+    runs.save_checkpoint(runs.checkpoint_path(run_dir, step), model, step, member_cfg)
+    runs.save_state(
+        run_dir,
+        {
+            "run_config": member_cfg.to_dict(),
+            "step": step,
+            "model": model.state_dict(),
+            "optimizer": _member_optimizer_state(loop.optimizer.state_dict(), m),
+            "batch_gen": loop.batch_gens[m].get_state(),
+            "eval_gen": loop.eval_gens[m].get_state(),
+            "rows": copy.deepcopy(loop.rows[m]),
+            "elapsed_s": elapsed / len(loop.seeds),
+        },
+    )
+    runs.atomic_write_csv(run_dir / runs.METRICS_CSV, pd.DataFrame(loop.rows[m], columns=METRIC_COLUMNS))
+
+
+def _update(loop: _EnsembleLoop, step: int) -> None:
+    """One AdamW update of every member on a batch of its own; its loss and correct count
+    are added to the member's running sums."""
+    tc, size = loop.cfg.train, len(loop.seeds)
+    for group in loop.optimizer.param_groups:
+        group["lr"] = learning_rate(tc, step)
+    # Every member draws its batch from its own generator, finished members too, which
+    # keeps the stacked step rectangular; their updates are never recorded.
+    n_train = loop.train_inputs.shape[1]
+    idx = torch.stack([torch.randint(n_train, (tc.batch_size,), generator=g) for g in loop.batch_gens]).to(loop.device, non_blocking=True)
+    inputs, targets = loop.train_inputs[loop.member_index, idx], loop.train_targets[loop.member_index, idx]
+    logits = loop.ensemble(inputs)
+    losses = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view(size, -1).mean(1)
+    loop.optimizer.zero_grad(set_to_none=True)
+    losses.sum().backward()  # each member's gradient is that of its own mean loss
+    loop.optimizer.step()
+    loop.loss_acc += losses.detach()
+    loop.correct_acc += (logits.detach().argmax(-1) == targets).sum(1)
+    for m in range(size):
+        loop.since_eval[m] += 1
+
+
+def _evaluate_due(loop: _EnsembleLoop, step: int, due: list[bool]) -> None:
+    """A metrics row for every member ``due``: train loss and accuracy since its last row,
+    validation on a sample of its own; a member that groks starts its early-stop countdown."""
+    tc, size = loop.cfg.train, len(loop.seeds)
+    train_loss = (loop.loss_acc.cpu() / torch.tensor(loop.since_eval, dtype=torch.float32)).tolist()
+    train_acc = (loop.correct_acc.cpu() / torch.tensor([n * tc.batch_size for n in loop.since_eval], dtype=torch.float32)).tolist()
+    for m in range(size):
+        if due[m] and not math.isfinite(train_loss[m]):
+            raise TrainingDiverged(step, f"train loss is {train_loss[m]} (seed {loop.seeds[m]})")
+    eval_size, n_val = tc.eval_batches * tc.batch_size, loop.val_inputs.shape[1]
+    draws = torch.stack([
+        torch.randint(n_val, (eval_size,), generator=loop.eval_gens[m]) if due[m] else torch.zeros(eval_size, dtype=torch.long)
+        for m in range(size)
+    ]).to(loop.device)
+    due_t = torch.tensor(due, device=loop.device)
+    val_loss, val_acc = _evaluate_members(loop.ensemble, loop.val_inputs, loop.val_targets, draws, due_t, loop.chunk)
+    for m in range(size):
+        if not due[m]:
+            continue
+        loop.rows[m].append({"step": step, "train_loss": train_loss[m], "train_acc": train_acc[m],
+                             "val_loss": val_loss[m], "val_acc": val_acc[m]})
+        loop.loss_acc[m] = 0.0
+        loop.correct_acc[m] = 0.0
+        loop.since_eval[m] = 0
+        if loop.grok_step[m] is None and val_acc[m] > metrics_mod.THRESHOLD:
+            loop.grok_step[m] = step
+            loop.stop_at[m] = min(loop.stop_at[m], stop_step(tc.num_steps, tc.early_stop_delay, step))
+
+
+def _run_steps(loop: _EnsembleLoop, quiet: bool) -> float:
+    """Train every member to its last step (early stop included), evaluating and saving each
+    on the schedule of its own run; the wall time."""
+    tc, size = loop.cfg.train, len(loop.seeds)
+    save_points = set(checkpoint_steps(tc))
+    t0 = time.perf_counter()
+    step = 0
+    with tqdm(total=tc.num_steps, disable=quiet, desc=f"{loop.cfg.run_id} x{size}", unit="step", leave=False) as bar:
+        while step < max(loop.stop_at):
+            active = [step < loop.stop_at[m] for m in range(size)]
+            _update(loop, step)
+            step += 1
+            due = [
+                active[m] and (step % tc.eval_every == 0 or step in save_points or step == loop.stop_at[m]) for m in range(size)
+            ]
+            if any(due):
+                _evaluate_due(loop, step, due)
+            for m in range(size):
+                if active[m] and loop.dirs is not None and (step in save_points or step == loop.stop_at[m]):
+                    _save_member(loop, m, step, time.perf_counter() - t0)
+                if active[m] and step == loop.stop_at[m]:
+                    loop.final_state[m] = loop.ensemble.state_dict(m)
+                    loop.final_step[m] = step
+            bar.update(1)
+    return time.perf_counter() - t0
+
+
+def _results(loop: _EnsembleLoop, elapsed: float) -> list[TrainResult]:
+    """Each member as ``train()`` returns its run; with run directories, its metrics and
+    ``summary.json`` (last: it marks the run finished) written there."""
+    tc, size, device = loop.cfg.train, len(loop.seeds), loop.device
+    results = []
+    for m, task in enumerate(loop.tasks):
+        model = build_model(loop.cfg.model, task.vocab_size, task.num_classes, task.seq_len)
+        model.load_state_dict(loop.final_state[m])
+        model.to(device)
+        table = pd.DataFrame(loop.rows[m], columns=METRIC_COLUMNS)
+        summary = {
+            "run_id": loop.configs[m].run_id,
+            "num_params": model.num_params,
+            **metrics_mod.summarize(table),
+            "num_steps_run": loop.final_step[m],
+            "stopped_early": loop.final_step[m] < tc.num_steps,
+            "wall_time_s": round(elapsed / size, 3),
+            "ms_per_step": round(1000 * elapsed / size / max(loop.final_step[m], 1), 3),
+            "device": str(device),
+            "ensemble_size": size,
+            "ensemble_wall_time_s": round(elapsed, 3),
+        }
+        if loop.dirs is not None:
+            runs.atomic_write_csv(loop.dirs[m] / runs.METRICS_CSV, table)
+            runs.atomic_write_json(loop.dirs[m] / runs.SUMMARY_JSON, summary)
+        results.append(TrainResult(model=model, metrics=table, summary=summary, task=task))
+    return results
 
 
 def train_ensemble(
@@ -198,164 +335,13 @@ def train_ensemble(
     :class:`EnsembleModel`); it changes speed only.
     """
     seeds = list(seeds)
-    if not seeds:
-        raise ValueError("train_ensemble needs at least one seed")
-    if len(set(seeds)) != len(seeds):
-        raise ValueError(f"train_ensemble: repeated seeds in {seeds}")
-    if run_dirs is not None and len(run_dirs) != len(seeds):
-        raise ValueError(f"train_ensemble: {len(run_dirs)} run directories for {len(seeds)} seeds")
-    size = len(seeds)
-    tc = cfg.train
-    if tc.num_threads:
-        torch.set_num_threads(tc.num_threads)
-    device = resolve_device(tc.device)
-    # Fingerprints and initial-weight perturbations are recorded and applied by train() alone.
-    per_run_only = bool(tc.fingerprint_every) or tc.init_perturbation != 0
-    if vectorize and per_run_only:
-        raise ValueError("train_ensemble: train.fingerprint_every and train.init_perturbation need vectorize=False")
-    if vectorize is None:
-        vectorize = device.type != "cpu" and not per_run_only
-    if not vectorize:
+    _check_arguments(seeds, run_dirs)
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
+    device = resolve_device(cfg.train.device)
+    if not _vectorized(cfg.train, device, vectorize):
         return _train_one_by_one(cfg, seeds, run_dirs, quiet)
-    member_cfgs = [seed_config(cfg, s) for s in seeds]
-    tasks = [make_task(cfg.task, seed=s) for s in seeds]
-    train_inputs = torch.stack([t.train_inputs for t in tasks]).to(device)
-    train_targets = torch.stack([t.train_targets for t in tasks]).to(device)
-    val_inputs = torch.stack([t.val_inputs for t in tasks]).to(device)
-    val_targets = torch.stack([t.val_targets for t in tasks]).to(device)
-    n_train, n_val = train_inputs.shape[1], val_inputs.shape[1]
-
-    models = []
-    for s in seeds:
-        torch.manual_seed(_rng_seed(s, 0))  # the initial weights train() would draw
-        models.append(build_model(cfg.model, tasks[0].vocab_size, tasks[0].num_classes, tasks[0].seq_len).to(device))
-    ensemble = EnsembleModel(models, attention)
-    params = list(ensemble.params.values())  # model.parameters() order: state.pt loads into train()
-    fused = device.type in ("cpu", "cuda")
-    optimizer = torch.optim.AdamW(params, lr=tc.lr, betas=(tc.beta1, tc.beta2), weight_decay=tc.weight_decay, fused=fused)
-    batch_gens = [torch.Generator().manual_seed(_rng_seed(s, 1)) for s in seeds]
-    eval_gens = [torch.Generator().manual_seed(_rng_seed(s, 2)) for s in seeds]
-
-    save_points = set(checkpoint_steps(tc))
-    dirs = [Path(d) for d in run_dirs] if run_dirs is not None else None
-    if dirs is not None:
-        for d, mc, m in zip(dirs, member_cfgs, models):
-            runs.prepare_run_dir(d, runs.training_identity(mc))  # another config there is refused
-            runs.replace_run_dir(d)  # an ensemble starts at step 0: nothing of an earlier try stays
-            runs.write_config(d, mc)
-            runs.save_checkpoint(runs.checkpoint_path(d, 0), m, 0, mc)
-
-    eval_size = tc.eval_batches * tc.batch_size
-    chunk = eval_chunk_size(device)
-    members = torch.arange(size, device=device).unsqueeze(1)
-    loss_acc = torch.zeros(size, device=device)
-    correct_acc = torch.zeros(size, device=device)
-    since_eval = [0] * size
-    rows: list[list[dict]] = [[] for _ in range(size)]
-    stop_at = [tc.num_steps] * size
-    grok_step: list[int | None] = [None] * size
-    final_state: list[dict | None] = [None] * size
-    final_step = [0] * size
-
-    def save_member(m: int, step: int, elapsed: float) -> None:
-        model = ensemble.member(m, "cpu")
-        runs.save_checkpoint(runs.checkpoint_path(dirs[m], step), model, step, member_cfgs[m])
-        runs.save_state(
-            dirs[m],
-            {
-                "run_config": member_cfgs[m].to_dict(),
-                "step": step,
-                "model": model.state_dict(),
-                "optimizer": _member_optimizer_state(optimizer.state_dict(), m),
-                "batch_gen": batch_gens[m].get_state(),
-                "eval_gen": eval_gens[m].get_state(),
-                "rows": copy.deepcopy(rows[m]),
-                "elapsed_s": elapsed / size,
-            },
-        )
-        runs.atomic_write_csv(dirs[m] / runs.METRICS_CSV, pd.DataFrame(rows[m], columns=METRIC_COLUMNS))
-
-    t0 = time.perf_counter()
-    bar = tqdm(total=tc.num_steps, disable=quiet, desc=f"{cfg.run_id} x{size}", unit="step", leave=False)
-    step = 0
-    while step < max(stop_at):
-        active = [step < stop_at[m] for m in range(size)]
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(tc, step)
-        # Every member draws its batch from its own generator, finished members too, which
-        # keeps the stacked step rectangular; their updates are never recorded.
-        idx = torch.stack([torch.randint(n_train, (tc.batch_size,), generator=g) for g in batch_gens]).to(device, non_blocking=True)
-        inputs, targets = train_inputs[members, idx], train_targets[members, idx]
-        logits = ensemble(inputs)
-        losses = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view(size, -1).mean(1)
-        optimizer.zero_grad(set_to_none=True)
-        losses.sum().backward()  # each member's gradient is that of its own mean loss
-        optimizer.step()
-        step += 1
-        loss_acc += losses.detach()
-        correct_acc += (logits.detach().argmax(-1) == targets).sum(1)
-        for m in range(size):
-            since_eval[m] += 1
-
-        due = [
-            active[m] and (step % tc.eval_every == 0 or step in save_points or step == stop_at[m]) for m in range(size)
-        ]
-        if any(due):
-            train_loss = (loss_acc.cpu() / torch.tensor(since_eval, dtype=torch.float32)).tolist()
-            train_acc = (correct_acc.cpu() / torch.tensor([n * tc.batch_size for n in since_eval], dtype=torch.float32)).tolist()
-            for m in range(size):
-                if due[m] and not math.isfinite(train_loss[m]):
-                    bar.close()
-                    raise TrainingDiverged(step, f"train loss is {train_loss[m]} (seed {seeds[m]})")
-            draws = torch.stack([
-                torch.randint(n_val, (eval_size,), generator=eval_gens[m]) if due[m] else torch.zeros(eval_size, dtype=torch.long)
-                for m in range(size)
-            ]).to(device)
-            due_t = torch.tensor(due, device=device)
-            val_loss, val_acc = _evaluate_members(ensemble, val_inputs, val_targets, draws, due_t, chunk)
-            for m in range(size):
-                if not due[m]:
-                    continue
-                rows[m].append({"step": step, "train_loss": train_loss[m], "train_acc": train_acc[m],
-                                "val_loss": val_loss[m], "val_acc": val_acc[m]})
-                loss_acc[m] = 0.0
-                correct_acc[m] = 0.0
-                since_eval[m] = 0
-                if grok_step[m] is None and val_acc[m] > metrics_mod.THRESHOLD:
-                    grok_step[m] = step
-                    if tc.early_stop_delay is not None:
-                        stop_at[m] = min(stop_at[m], step + tc.early_stop_delay)
-        for m in range(size):
-            if active[m] and dirs is not None and (step in save_points or step == stop_at[m]):
-                save_member(m, step, time.perf_counter() - t0)
-            if active[m] and step == stop_at[m]:
-                final_state[m] = ensemble.state_dict(m)
-                final_step[m] = step
-        bar.update(1)
-    bar.close()
-
-    elapsed = time.perf_counter() - t0
-    results = []
-    for m, s in enumerate(seeds):
-        model = build_model(cfg.model, tasks[m].vocab_size, tasks[m].num_classes, tasks[m].seq_len)
-        model.load_state_dict(final_state[m])
-        model.to(device)
-        table = pd.DataFrame(rows[m], columns=METRIC_COLUMNS)
-        summary = {
-            "run_id": member_cfgs[m].run_id,
-            "num_params": model.num_params,
-            **metrics_mod.summarize(table),
-            "num_steps_run": final_step[m],
-            "stopped_early": final_step[m] < tc.num_steps,
-            "wall_time_s": round(elapsed / size, 3),
-            "ms_per_step": round(1000 * elapsed / size / max(final_step[m], 1), 3),
-            "device": str(device),
-            "ensemble_size": size,
-            "ensemble_wall_time_s": round(elapsed, 3),
-        }
-        if dirs is not None:
-            runs.atomic_write_csv(dirs[m] / runs.METRICS_CSV, table)
-            runs.atomic_write_json(dirs[m] / runs.SUMMARY_JSON, summary)
-        results.append(TrainResult(model=model, metrics=table, summary=summary, task=tasks[m]))
-    return results
-
+    run = _start(cfg, seeds, device, attention)
+    if run_dirs is not None:
+        _prepare_dirs(run, run_dirs)
+    return _results(run, _run_steps(run, quiet))

@@ -19,13 +19,13 @@ _BUSY = (errno.EAGAIN, errno.EACCES, getattr(errno, "EWOULDBLOCK", errno.EAGAIN)
 
 def _backend():
     try:
-        import fcntl
+        import fcntl  # here, not at the top: the platform decides which of the two exists
 
         return fcntl, None
     except ImportError:
         pass
     try:
-        import msvcrt
+        import msvcrt  # Windows
 
         return None, msvcrt
     except ImportError:

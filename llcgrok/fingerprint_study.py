@@ -11,7 +11,9 @@ from typing import Any, Iterable, Mapping, Sequence
 import pandas as pd
 
 from . import runs
-from .config import ConfigError, Params, RunConfig, get_dotted, resolve_run, run_id_for, set_dotted, validate_run
+from .config import resolve_run
+from .config_sections import ConfigError, Params, RunConfig, get_dotted, run_id_for
+from .config_validation import set_dotted, validate_run
 from .fingerprints import COLUMNS, read_fingerprints
 from .train import ensure_trained
 from .trajectory import run_trajectory

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from . import runs
 from .runs import FINGERPRINTS_CSV, PROBES_JSON
-from .config import RunConfig
+from .config_sections import RunConfig
 from .seeding import PROBES, rng_seed
 
 QUANTILES = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 0.05 ... 0.95

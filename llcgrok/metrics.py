@@ -8,11 +8,13 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-THRESHOLD = 0.99
+THRESHOLD = 0.99  # accuracy strictly above it: memorized (train) or grokked (validation)
+EXACT_MATCH_THRESHOLD = 0.99  # held-out exact match at or above it: addition learnt
 
 
-def _first_step_above(metrics: pd.DataFrame, column: str, threshold: float) -> int | None:
-    above = metrics.loc[metrics[column] > threshold, "step"]
+def _first_step_above(metrics: pd.DataFrame, column: str, threshold: float, inclusive: bool = False) -> int | None:
+    values = metrics[column]
+    above = metrics.loc[values >= threshold if inclusive else values > threshold, "step"]
     return int(above.iloc[0]) if len(above) else None
 
 
@@ -24,6 +26,11 @@ def steps_to_memorization(metrics: pd.DataFrame, threshold: float = THRESHOLD) -
 def steps_to_grokking(metrics: pd.DataFrame, threshold: float = THRESHOLD) -> int | None:
     """First evaluated step with validation accuracy above ``threshold`` (None if never)."""
     return _first_step_above(metrics, "val_acc", threshold)
+
+
+def steps_to_exact_match(metrics: pd.DataFrame, threshold: float = EXACT_MATCH_THRESHOLD) -> int | None:
+    """First evaluated step with held-out exact match at or above ``threshold`` (None if never)."""
+    return _first_step_above(metrics, "val_exact_match", threshold, inclusive=True)
 
 
 def post_grokking_stability(metrics: pd.DataFrame, threshold: float = THRESHOLD) -> dict:

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import ModelConfig
+from .config_sections import ModelConfig
 
 
 class CausalSelfAttention(nn.Module):

@@ -18,8 +18,8 @@ import pandas as pd
 
 from .seqparams import legacy_section_key, llc_section, llc_with_overrides, resolve_seq_run, seq_params_from_sections
 from .train import ensure_trained  # noqa: F401  (the notebooks call it nb.ensure_trained)
-from .config import (SECTIONS, ConfigError, Params, RunConfig, deep_merge, dump_yaml, params_from_sections, parse_overrides,
-                     read_sections, resolve_run)
+from .config import deep_merge, dump_yaml, params_from_sections, parse_overrides, read_sections, resolve_run
+from .config_sections import SECTIONS, ConfigError, Params, RunConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent  # a clone: params/ and notebooks/ beside the package
 

@@ -16,7 +16,7 @@ import pandas as pd
 
 from . import runs
 from .capacity import BUCKETS, arch_name, find_pairs
-from .config import ModelConfig, TaskConfig
+from .config_sections import ModelConfig, TaskConfig
 from .metrics import FLAG_CURVATURE, FLAG_UNHEALTHY, aggregate_over_seeds, as_bool, estimate_flags, flags_of
 from .model import count_params
 from .tasks import NUM_SYMBOLS, num_classes_for

@@ -4,7 +4,9 @@ Calibration and trajectories need the same few things from a run: its checkpoint
 model from each, the training data the LLC is measured on, the loss, the chance loss (for
 the escape test) and the task's metrics. :func:`open_run` gathers them once (the data is
 built once per call, not once per checkpoint) for the modular tasks and for the sequence
-tasks, so that one ``calibrate_run`` and one ``run_trajectory`` serve both.
+tasks, so that one ``calibrate_run`` and one ``run_trajectory`` serve both: the task's entry in
+the registry (:mod:`llcgrok.taskspec`) makes its data and names its loss and chance loss, and
+one reader (:mod:`llcgrok.checkpoints`) rebuilds the model of every checkpoint.
 
 It also keeps the Hessian trace of every checkpoint (``curvature.csv``): the calibration
 picks the checkpoint where it peaks, and every trajectory row divides by it.
@@ -20,14 +22,15 @@ from typing import Callable
 import pandas as pd
 import torch
 
-from . import runs, seqtrain
+from . import runs
+from .checkpoints import load_checkpoint
 from .curvature import curvature_subset, hessian_trace
 from .device import resolve_device
-from .llc import LossSpec, make_evaluate
-from .seqtasks import chance_loss as sequence_chance_loss
-from .tasks import make_task
+from .loss_data import LossSpec, make_evaluate
+from .seqconfig import read_seq_config
+from .seqtrain import evaluate_seq
+from .taskspec import MODULAR, SEQUENCE, Task, get_task
 from .train import evaluate as evaluate_classifier
-
 
 
 @dataclass
@@ -39,10 +42,11 @@ class RunView:
     train: tuple  # (inputs, targets) on ``device``: the data the LLC is measured on
     val: tuple
     loss: LossSpec
-    chance: float | None  # None: estimate_llc works it out (cross-entropy over classes)
+    chance: float  # the task's chance loss, for the escape test
     load: Callable  # path -> model on ``device``
     metrics: Callable  # model -> {train_loss, val_loss, ...}
     device: torch.device
+    task: Task  # its entry in the registry (llcgrok.taskspec)
 
     @property
     def num_data(self) -> int:
@@ -53,45 +57,51 @@ class RunView:
         return self.checkpoints[-1]
 
 
-def _modular(run_dir: Path, device: torch.device) -> RunView:
-    cfg = runs.read_config(run_dir)
-    data = make_task(cfg.task, seed=cfg.train.seed).to(device)
-
+def _classifier_metrics(task: Task, train: tuple, val: tuple) -> Callable:
     def metrics(model) -> dict:
-        train_loss, train_acc = evaluate_classifier(model, data.train_inputs, data.train_targets)
-        val_loss, val_acc = evaluate_classifier(model, data.val_inputs, data.val_targets)
+        train_loss, train_acc = evaluate_classifier(model, *train)
+        val_loss, val_acc = evaluate_classifier(model, *val)
         return {"train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss, "val_acc": val_acc}
 
-    return RunView(run_dir, "modular", cfg, runs.list_checkpoints(run_dir), (data.train_inputs, data.train_targets),
-                   (data.val_inputs, data.val_targets), "ce", None,
-                   lambda path: runs.load_checkpoint(path, device)[0], metrics, device)
+    return metrics
 
 
-def _sequence(run_dir: Path, device: torch.device) -> RunView:
-    cfg = seqtrain.read_seq_config(run_dir)
-    data = seqtrain.make_seq_data(cfg)
-    train = (data.train_inputs.to(device), data.train_targets.to(device))
-    val = (data.val_inputs.to(device), data.val_targets.to(device))
-
+def _sequence_metrics(task: Task, train: tuple, val: tuple) -> Callable:
     def metrics(model) -> dict:
-        tr = seqtrain.evaluate_seq(model, cfg.task, *train)
-        va = seqtrain.evaluate_seq(model, cfg.task, *val)
-        row = {"train_loss": tr["loss"], "val_loss": va["loss"], "train_error": seqtrain.error_of(cfg.task, tr),
-               "val_error": seqtrain.error_of(cfg.task, va),
-               "error_metric": "mae" if cfg.task == "fraction_of_x" else "1-exact_match"}
-        for name in seqtrain.metric_names(cfg.task):
+        tr, va = evaluate_seq(model, task.name, *train), evaluate_seq(model, task.name, *val)
+        row = {"train_loss": tr["loss"], "val_loss": va["loss"], "train_error": task.error(tr), "val_error": task.error(va),
+               "error_metric": task.error_metric}
+        for name in task.metric_names:
             row[f"train_{name}"], row[f"val_{name}"] = tr[name], va[name]
         return row
 
-    return RunView(run_dir, "sequence", cfg, runs.list_checkpoints(run_dir), train, val, seqtrain.seq_loss(cfg.task),
-                   sequence_chance_loss(data), lambda path: seqtrain.load_seq_checkpoint(path, device)[0], metrics, device)
+    return metrics
+
+
+# How the run level reads a run of each kind: the config file that marks it (the first one
+# found, in this order, decides), the reader of that file and the task name in it, and the
+# metrics of a model on both splits. Everything else comes from the task (llcgrok.taskspec).
+_KINDS = {
+    MODULAR: (runs.CONFIG_YAML, runs.read_config, lambda cfg: cfg.task.name, _classifier_metrics),
+    SEQUENCE: (runs.CONFIG_JSON, read_seq_config, lambda cfg: cfg.task, _sequence_metrics),
+}
 
 
 def open_run(run_dir, device: str = "auto") -> RunView:
     """The run in ``run_dir`` (modular or sequence task), its data on ``device``."""
     run_dir = Path(run_dir)
     dev = resolve_device(device)
-    view = _sequence(run_dir, dev) if (run_dir / runs.CONFIG_JSON).exists() and not (run_dir / runs.CONFIG_YAML).exists() else _modular(run_dir, dev)
+    # Without a config file, the modular reader names the missing config.yaml.
+    kind = next((k for k, (name, *_) in _KINDS.items() if (run_dir / name).exists()), MODULAR)
+    _, read_config, task_name, metrics = _KINDS[kind]
+    cfg = read_config(run_dir)
+    task = get_task(task_name(cfg))
+    data = task.make_data(cfg)
+    chance = task.chance_loss(data)  # on the data as built, whatever the device
+    data = data.to(dev)
+    train, val = (data.train_inputs, data.train_targets), (data.val_inputs, data.val_targets)
+    view = RunView(run_dir, kind, cfg, runs.list_checkpoints(run_dir), train, val, task.loss, chance,
+                   lambda path: load_checkpoint(path, dev)[0], metrics(task, train, val), dev, task)
     if not view.checkpoints:
         raise FileNotFoundError(f"{run_dir}: no checkpoints; train the run first (llcgrok train)")
     return view

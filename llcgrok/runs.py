@@ -37,10 +37,9 @@ import torch
 import yaml
 
 from . import filelock
-from .config import ConfigError, ModelConfig, RunConfig, dump_yaml, run_config_from_dict
-from .model import GrokTransformer, build_model
+from .checkpoints import CHECKPOINT_FORMAT, CheckpointError, checkpoint_payload, load_checkpoint  # noqa: F401  (public here)
+from .config import ConfigError, RunConfig, dump_yaml, run_config_from_dict
 
-CHECKPOINT_FORMAT = "llcgrok-checkpoint-v1"
 CHECKPOINT_RE = re.compile(r"^step_(\d+)\.pt$")
 # Every file of a run directory, named once (config.json: the sequence trainer's; status.json: a sweep's, last).
 CONFIG_YAML, CONFIG_JSON, METRICS_CSV, SUMMARY_JSON, STATE_PT = "config.yaml", "config.json", "metrics.csv", "summary.json", "state.pt"
@@ -48,10 +47,6 @@ CHECKPOINTS_DIR, FIGURES_DIR, STATUS_JSON, LLC_CSV, TRACES_NPZ = "checkpoints", 
 CALIBRATION_CSV, CALIBRATION_JSON, CURVATURE_CSV = "calibration.csv", "calibration.json", "curvature.csv"
 FINGERPRINTS_CSV, PROBES_JSON, DMD_CSV = "fingerprints.csv", "fingerprint_probes.json", "dmd_eigenvalues.csv"
 TRACE_FIELDS = ("loss_trace", "mala_trace", "init_loss", "nbeta", "epsilon", "localization", "num_burnin_steps")  # per entry of TRACES_NPZ
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint file that cannot be read; the message names the file."""
 
 
 class TracesError(RuntimeError):
@@ -128,44 +123,11 @@ def checkpoint_path(run_dir: str | Path, step: int) -> Path:
     return Path(run_dir) / CHECKPOINTS_DIR / f"step_{step:06d}.pt"
 
 
-def save_checkpoint(path: str | Path, model: GrokTransformer, step: int, cfg: RunConfig) -> None:
-    atomic_torch_save(
-        path,
-        {
-            "format": CHECKPOINT_FORMAT,
-            "step": step,
-            "model_config": dataclasses.asdict(model.cfg),
-            "model_kwargs": model.init_kwargs(),
-            "run_config": cfg.to_dict(),
-            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        },
-    )
-
-
-def _torch_load(path: Path, device: str | torch.device = "cpu") -> Any:
-    try:
-        return torch.load(path, map_location=device, weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: checkpoint file not found") from None
-    except Exception as exc:  # torch raises several types for damaged zip archives
-        # Only the type: torch's messages span lines and may advise weights_only=False.
-        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({type(exc).__name__})") from None
-
-
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[GrokTransformer, dict]:
-    """Rebuild the model stored at ``path``. Returns ``(model, info)``; ``info`` holds
-    ``step`` and ``run_config`` (a dict). Needs no params file."""
-    path = Path(path)
-    blob = _torch_load(path, device)
-    if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path}: not an llcgrok checkpoint")
-    model = build_model(ModelConfig(**blob["model_config"]), **blob["model_kwargs"])
-    try:
-        model.load_state_dict(blob["state_dict"])
-    except RuntimeError as exc:
-        raise CheckpointError(f"{path}: weights do not fit the stored model config ({exc})") from None
-    model.to(device)
-    return model, {"step": int(blob["step"]), "run_config": blob["run_config"]}
+def save_checkpoint(path: str | Path, model: torch.nn.Module, step: int, cfg) -> None:
+    """The checkpoint of ``model`` (any registered kind: :mod:`llcgrok.checkpoints`) at
+    ``step`` of the run configured by ``cfg`` (a RunConfig or a SeqConfig), written
+    atomically; :func:`load_checkpoint` rebuilds it."""
+    atomic_torch_save(path, checkpoint_payload(model, step, cfg.to_dict()))
 
 
 def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:

@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Mapping
 
 from . import runs
-from .config import ConfigError, TrainConfig, _build
+from .config_sections import ConfigError, TrainConfig
+from .config_validation import _build
 from .seqtasks import SEQ_TASKS, validate_curriculum
+from .taskspec import get_task
 from .tiny import TinyConfig, validate_tiny
 
 CONFIG_FILE = runs.CONFIG_JSON
@@ -148,7 +150,6 @@ def validate_seq_config(cfg: SeqConfig, source: str = "sequence config") -> SeqC
             fail("'curriculum' applies to the addition task only")
         if cfg.n_train + cfg.n_val > cfg.alphabet_size**cfg.seq_len:
             fail(f"n_train + n_val = {cfg.n_train + cfg.n_val} exceeds the {cfg.alphabet_size**cfg.seq_len} distinct sequences")
-        vocab, seq_len, output = cfg.alphabet_size, cfg.seq_len, "scalar"
     else:
         if not 1 <= cfg.n_digits <= 18:
             fail(f"'n_digits' must lie in 1..18, got {cfg.n_digits}")
@@ -160,9 +161,9 @@ def validate_seq_config(cfg: SeqConfig, source: str = "sequence config") -> SeqC
             fail(f"'curriculum': {exc}")
         if cfg.curriculum is not None and not cfg.mixed_lengths:
             fail("a 'curriculum' needs 'mixed_lengths: true' (otherwise almost no pair is short)")
-        vocab, seq_len, output = 12, 3 * cfg.n_digits + 2, "tokens"
+    shapes = get_task(cfg.task).model_kwargs(cfg)  # what the model is built with, from the registry
     try:
-        validate_tiny(cfg.model, vocab, seq_len, output)
+        validate_tiny(cfg.model, shapes["vocab_size"], shapes["seq_len"], shapes["output"])
     except ValueError as exc:
         fail(str(exc))
     return cfg

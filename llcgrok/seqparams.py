@@ -25,7 +25,9 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from .config import SEQ_TASKS, ConfigError, LLCConfig, build_section, deep_merge, nested, read_sections
+from .config import deep_merge, nested, read_sections
+from .config_sections import SEQ_TASKS, ConfigError, LLCConfig
+from .config_validation import build_section
 from .sequence_llc import FLAT_ONLY_KEYWORDS, llc_section_from_keywords
 from .seqconfig import SeqConfig, seq_config
 from .tiny import TinyConfig

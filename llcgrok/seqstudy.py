@@ -22,7 +22,7 @@ from typing import Any, Mapping
 import pandas as pd
 
 from . import runs
-from .config import ConfigError, SEQ_TASKS
+from .config_sections import SEQ_TASKS, ConfigError
 from .seqconfig import SeqConfig
 from .seqparams import SeqParams, expand_seq, flat_key, llc_with_overrides, sections_of
 from .study import Study, StudyConfig, config_status

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import SEQ_TASKS  # noqa: F401  (re-exported: the names live with the params format)
+from .config_sections import SEQ_TASKS  # noqa: F401  (re-exported: the names live with the params format)
 
 LETTER_X = 0
 PLUS, EQUALS = 10, 11
@@ -330,8 +330,9 @@ def _check_digits(n_digits: int) -> None:
 
 
 def chance_loss(data: SeqData) -> float:
-    """The loss of a model that knows nothing: log(vocab) for addition (uniform logits), the
-    predict-the-mean MSE for fraction of x. The reference for the ``escaped`` diagnostic."""
-    if data.task == "addition":
+    """The loss of a model that knows nothing: log(vocab) for token outputs (addition:
+    uniform logits), the predict-the-mean MSE for a scalar output (fraction of x). The
+    reference for the ``escaped`` diagnostic."""
+    if data.output == "tokens":
         return math.log(data.vocab_size)
     return mean_baseline(data.train_targets, data.train_targets)["mse"]

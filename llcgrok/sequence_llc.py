@@ -13,7 +13,8 @@ import dataclasses
 
 import pandas as pd
 
-from .config import LLCConfig, build_section
+from .config_sections import LLCConfig
+from .config_validation import build_section
 from .trajectory import calibrate_run, run_trajectory
 
 # Flat keyword -> dotted key of the llc section (the rest are llc keys of the same name).

@@ -19,7 +19,9 @@ import pandas as pd
 
 from . import runs
 from .capacity import bucket_lookup, grid_table
-from .config import ConfigError, Params, RunConfig, expand, is_sequence, run_id_for, set_dotted, validate_run
+from .config import expand, is_sequence
+from .config_sections import SEQ_TASKS, ConfigError, Params, RunConfig, run_id_for
+from .config_validation import set_dotted, validate_run
 
 PER_CONFIG_NOTEBOOKS = ("train.ipynb", "calibrate.ipynb", "llc_trajectory.ipynb")
 SEQ_NOTEBOOKS = {"addition": "addition.ipynb", "fraction_of_x": "fraction_of_x.ipynb"}
@@ -87,8 +89,6 @@ def config_status(out: Path, run_id: str) -> tuple[str, Path]:
 
 def report_notebook_for(summary: pd.DataFrame) -> str:
     """The report notebook of a sweep, from its summary: sequence tasks have their own."""
-    from .config import SEQ_TASKS
-
     tasks = set(summary["task"].dropna()) if "task" in summary else set()
     return SEQ_REPORT_NOTEBOOK if tasks and tasks <= set(SEQ_TASKS) else REPORT_NOTEBOOK
 

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import ConfigError, TaskConfig, is_prime
+from .config_sections import ConfigError, TaskConfig
+from .config_validation import is_prime
 
 OP_TOKEN = 0
 EQ_TOKEN = 1
@@ -128,3 +129,9 @@ def make_task(cfg: TaskConfig, seed: int = 0) -> TaskData:
 
 def num_classes_for(cfg: TaskConfig) -> int:
     return math.factorial(cfg.k) if cfg.name == "permutation" else cfg.p
+
+
+def chance_loss(data: TaskData) -> float:
+    """The cross-entropy of a model that knows nothing (uniform logits over the classes):
+    the reference for the ``escaped`` diagnostic."""
+    return math.log(data.num_classes)

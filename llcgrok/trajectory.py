@@ -27,7 +27,8 @@ from .runs import CALIBRATION_CSV, CALIBRATION_JSON, LLC_CSV
 from .calibrate import Calibration, NoRecommendation, burnin_steps, calibrate
 from .curvature import Curvature, curvature_subset, top_eigenvalue, trace_ratio
 from .chains import choose_sampler
-from .llc import AllChainsFailed, LLCError, default_nbeta, estimate_llc, estimate_llc_many, make_evaluate
+from .llc import AllChainsFailed, LLCError, estimate_llc, estimate_llc_many
+from .loss_data import default_nbeta, make_evaluate
 from .rule import RULE, RULE_VERSION, TRACE_RATIO_MAX
 from .rundata import RunView, checkpoint_traces, open_run, peak_step
 from .sgld_batched import BatchingUnsupported
@@ -116,8 +117,9 @@ def combine(results: list[Calibration]) -> tuple[dict | None, str]:
 def calibrate_run(run_dir, llc_cfg, *, quiet: bool = False, force: bool = False) -> Calibration:
     """Apply the rule at the final checkpoint and at the tr(H) peak; write ``calibration.csv``
     (every point, with its ``step``), ``calibration.json`` and the figures. A stored
-    calibration with the same settings is reused unless ``force``."""
-    view = open_run(run_dir, llc_cfg.device)
+    calibration with the same settings is reused unless ``force``. ``run_dir`` may be a
+    :class:`RunView` already open (the trajectory's), so the task data is built once."""
+    view = run_dir if isinstance(run_dir, RunView) else open_run(run_dir, llc_cfg.device)
     if not runs.is_trained(view.run_dir):
         raise LLCError(f"{view.run_dir}: training has not finished; calibration needs the final checkpoint")
     traces = checkpoint_traces(view, llc_cfg.curvature_probes, examples=llc_cfg.curvature_examples)
@@ -267,7 +269,7 @@ def _trajectory_settings(view: RunView, llc_cfg, calibrate_first: bool, quiet: b
         return settings, {"settings_source": "config", "calibrated": False, "certified": False, "gamma_slope": float("nan")}
     if not runs.is_trained(view.run_dir):
         raise LLCError(f"{view.run_dir}: training has not finished; calibration needs the final checkpoint")
-    calibration = calibrate_run(view.run_dir, llc_cfg, quiet=quiet)
+    calibration = calibrate_run(view, llc_cfg, quiet=quiet)
     return apply_calibration(calibration, settings, view.run_dir, strict=strict,
                              widen_hint="Widen llc.calibration (localizations, step_fractions), or run uncalibrated with --no-calibrate.")
 

@@ -1,8 +1,8 @@
 """The package's shape: imports point down (no cycle, lazy imports included), and sizes.
 
-Modules and functions over the limits are listed with their size today: the list may only
-shrink (a listed one may not grow, and no new one may join), so the limits hold for all new
-code while the older modules are split.
+The limits: no module over 400 lines, no function over 60 (argparse builders aside). A
+module or function allowed over them is listed with its size and may not grow; the lists are
+empty.
 """
 
 import ast
@@ -11,24 +11,22 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "llcgrok"
-MAX_MODULE_LINES, MAX_FUNCTION_LINES = 450, 80
-# Over the limits today, with their line counts: split them, then drop them from here.
-OVERSIZE_MODULES = {"llc.py": 465, "sweep.py": 562, "config.py": 562}
-OVERSIZE_FUNCTIONS = {
-    "ensemble.py:train_ensemble": 185,
-}
+MAX_MODULE_LINES, MAX_FUNCTION_LINES = 400, 60
+# Allowed over the limits, with their line counts (none today).
+OVERSIZE_MODULES = {}
+OVERSIZE_FUNCTIONS = {}
 
 
 # The layers of docs/architecture.md, lowest first: a module imports from its own layer or below.
 LAYERS = [
-    ("base", ["config", "seeding", "filelock", "device", "rule", "known_lambda", "metrics", "_devinterp"]),
-    ("tasks and models", ["tasks", "seqtasks", "model", "tiny", "toy_models"]),
-    ("estimator", ["sgld_batched", "chains", "diagnostics", "llc", "curvature", "calibrate"]),
-    ("run directory and training", ["runs", "seqconfig", "fingerprints", "train", "ensemble", "seqtrain", "rundata"]),
+    ("base", ["config", "config_sections", "config_validation", "seeding", "filelock", "device", "rule", "known_lambda", "metrics", "_devinterp"]),
+    ("tasks and models", ["tasks", "seqtasks", "model", "tiny", "toy_models", "models", "taskspec"]),
+    ("estimator", ["sgld_batched", "chains", "diagnostics", "loss_data", "llc", "curvature", "calibrate"]),
+    ("run directory and training", ["checkpoints", "runs", "seqconfig", "fingerprints", "loop", "train", "ensemble", "ensemble_model", "seqtrain", "rundata"]),
     ("figures", ["plots", "plots._common", "plots.calibration", "plots.capacity", "plots.fingerprints", "plots.ladder",
                  "plots.studies", "plots.trajectories", "plots.sequence", "seqplots"]),
     ("run level", ["trajectory", "sequence_llc", "seqparams"]),
-    ("studies", ["capacity", "study", "seqstudy", "report", "seqreport", "sweep", "fingerprint_study", "dmd"]),
+    ("studies", ["capacity", "study", "seqstudy", "report", "seqreport", "sweep", "sweep_execute", "sweep_backends", "fingerprint_study", "dmd"]),
     ("faces", ["notebook", "cli"]),
 ]
 

@@ -119,3 +119,14 @@ def test_report_warns_when_llc_settings_differ_between_runs():
     warning = settings_warning(summary)
     assert "2 different nbetas (nbeta 100: a; nbeta 300: b)" in warning and "UNCALIBRATED" in warning and ": b" in warning
     assert "localization" not in warning.split(";")[0]
+
+
+def test_pool_starts_the_deepest_widest_configs_first_and_summary_keeps_grid_order():
+    from llcgrok.sweep import _largest_first, study_for
+
+    study = study_for(load_params("params/quick.yaml"))
+    started = [(item.config.model.num_layers, item.config.model.d_model) for item in _largest_first(study.configs)]
+    assert started[:2] == [(2, 64), (2, 64)] and started[-2:] == [(1, 32), (1, 32)]
+    assert started == sorted(started, reverse=True)
+    grid = [(item.config.model.num_layers, item.config.model.d_model) for item in study.configs]
+    assert grid[0] == (1, 32) and sorted(grid, reverse=True) == started  # the study itself is untouched

@@ -11,6 +11,8 @@ from typing import Mapping, Sequence
 
 import matplotlib
 import pandas as pd
+from matplotlib import colormaps
+from matplotlib.backend_bases import FigureCanvasBase
 from matplotlib.figure import Figure
 
 from ..metrics import FLAG_CURVATURE, FLAG_UNHEALTHY
@@ -40,8 +42,6 @@ def _write_one(fig: Figure, path: Path, fmt: str, dpi: int) -> None:
 def figure_formats(formats: Sequence[str]) -> list[str]:
     """``formats`` as :func:`save_figure` writes them ("PDF", ".svg" -> "pdf", "svg"); a
     ValueError names any that matplotlib cannot write."""
-    from matplotlib.backend_bases import FigureCanvasBase
-
     chosen = [str(f).strip().lower().lstrip(".") for f in formats]
     supported = FigureCanvasBase.get_supported_filetypes()
     unknown = [f for f in chosen if f not in supported]
@@ -95,8 +95,6 @@ def hue_colors(values) -> dict:
 def depth_colors(num_layers) -> dict:
     """One colour per depth, ordered light to dark along a sequential map, so that depth
     reads as an order in the capacity figures."""
-    from matplotlib import colormaps
-
     depths = sorted({int(v) for v in num_layers})
     cmap = colormaps["viridis"]
     return {d: cmap(0.85 * i / max(len(depths) - 1, 1)) for i, d in enumerate(depths)}

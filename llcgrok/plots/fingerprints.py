@@ -74,30 +74,9 @@ def plot_fingerprint_bands(fingerprints: pd.DataFrame, summary: Mapping | None =
     return fig
 
 
-def plot_dmd_spectra(spectra: pd.DataFrame, *, by: str = "weight_decay", llc: pd.DataFrame | None = None,
-                     title: str | None = None) -> Figure:
-    """DMD eigenvalues of several runs, coloured by ``by`` (marker: seed).
-
-    Left: the complex plane with the unit circle (inside: decaying modes; on it: persistent
-    ones; the angle is the rotation per snapshot). Middle: modulus against angle, one point
-    per conjugate pair, which separates the eigenvalues that crowd near 1. Right (with
-    ``llc``, a study table of LLC trajectories such as ``llcgrok.fingerprint_study.study_llc``):
-    the LLC of the same runs over training, in the same colours, grokking marked by a
-    triangle. ``spectra`` is ``llcgrok.dmd.study_spectra`` output (or several
-    ``dmd_eigenvalues.csv`` with ``run_id``, ``seed`` and ``by`` columns)."""
-    spectra = spectra.copy()
-    if by not in spectra:
-        spectra[by] = "all"
-    if "seed" not in spectra:
-        spectra["seed"] = 0
-    colors = hue_colors(spectra[by])
-    if llc is not None and len(llc):
-        colors = hue_colors(list(spectra[by]) + list(llc[by]))
-    seeds = _seed_index(pd.concat([spectra[["seed"]], llc[["seed"]]]) if llc is not None and "seed" in llc else spectra)
-    panels = 3 if llc is not None else 2
-    fig = Figure(figsize=(4.6 * panels + 0.6, 4.4), layout="constrained")
-    axes = fig.subplots(1, panels, gridspec_kw={"width_ratios": [1, 1.1, 1.4][:panels]})
-    ax_plane, ax_polar = axes[0], axes[1]
+def _eigenvalue_panels(ax_plane, ax_polar, spectra: pd.DataFrame, by: str, colors: dict, seeds: dict) -> None:
+    """The complex plane with the unit circle, and modulus against angle (one point per
+    conjugate pair); colour: ``by``, marker: seed."""
     theta = np.linspace(0, 2 * np.pi, 361)
     ax_plane.plot(np.cos(theta), np.sin(theta), color="0.5", lw=1)
     ax_plane.axhline(0, color="0.85", lw=0.8)
@@ -124,21 +103,52 @@ def plot_dmd_spectra(spectra: pd.DataFrame, *, by: str = "weight_decay", llc: pd
         for seed, i in seeds.items():
             ax_polar.scatter([], [], color="0.4", marker=_SEED_MARKERS[i % len(_SEED_MARKERS)], label=f"seed {seed}")
         ax_polar.legend(fontsize=7, loc="lower left")
+
+
+def _llc_panel(ax_llc, llc: pd.DataFrame, by: str, colors: dict, seeds: dict) -> None:
+    """The LLC of each run over training (colour: ``by``, line style: seed), grokking marked
+    by a triangle."""
+    for run_id, part in llc.groupby("run_id", sort=False):
+        part = part.sort_values("step")
+        group, seed = part[by].iloc[0], part["seed"].iloc[0]
+        style = _SEED_STYLES[seeds.get(seed, 0) % len(_SEED_STYLES)]
+        ax_llc.plot(part["step"], part["llc_mean"], style, color=colors[group], lw=1.4, label=f"{by} {group}, seed {seed}")
+        grok = part["steps_to_grokking"].iloc[0] if "steps_to_grokking" in part else None
+        if grok is not None and not pd.isna(grok):
+            y = np.interp(grok, part["step"], part["llc_mean"])
+            ax_llc.scatter([grok], [y], marker="v", color=colors[group], s=40, zorder=3, edgecolors="black", linewidths=0.5)
+    step_axis(ax_llc, llc["step"], True)
+    ax_llc.set_ylabel("LLC")
+    ax_llc.set_title("LLC over training (triangle: grokked)", fontsize=9)
+    ax_llc.legend(fontsize=6, loc="best")
+
+
+def plot_dmd_spectra(spectra: pd.DataFrame, *, by: str = "weight_decay", llc: pd.DataFrame | None = None,
+                     title: str | None = None) -> Figure:
+    """DMD eigenvalues of several runs, coloured by ``by`` (marker: seed).
+
+    Left: the complex plane with the unit circle (inside: decaying modes; on it: persistent
+    ones; the angle is the rotation per snapshot). Middle: modulus against angle, one point
+    per conjugate pair, which separates the eigenvalues that crowd near 1. Right (with
+    ``llc``, a study table of LLC trajectories such as ``llcgrok.fingerprint_study.study_llc``):
+    the LLC of the same runs over training, in the same colours, grokking marked by a
+    triangle. ``spectra`` is ``llcgrok.dmd.study_spectra`` output (or several
+    ``dmd_eigenvalues.csv`` with ``run_id``, ``seed`` and ``by`` columns)."""
+    spectra = spectra.copy()
+    if by not in spectra:
+        spectra[by] = "all"
+    if "seed" not in spectra:
+        spectra["seed"] = 0
+    colors = hue_colors(spectra[by])
+    if llc is not None and len(llc):
+        colors = hue_colors(list(spectra[by]) + list(llc[by]))
+    seeds = _seed_index(pd.concat([spectra[["seed"]], llc[["seed"]]]) if llc is not None and "seed" in llc else spectra)
+    panels = 3 if llc is not None else 2
+    fig = Figure(figsize=(4.6 * panels + 0.6, 4.4), layout="constrained")
+    axes = fig.subplots(1, panels, gridspec_kw={"width_ratios": [1, 1.1, 1.4][:panels]})
+    _eigenvalue_panels(axes[0], axes[1], spectra, by, colors, seeds)
     if llc is not None:
-        ax_llc = axes[2]
-        for run_id, part in llc.groupby("run_id", sort=False):
-            part = part.sort_values("step")
-            group, seed = part[by].iloc[0], part["seed"].iloc[0]
-            style = _SEED_STYLES[seeds.get(seed, 0) % len(_SEED_STYLES)]
-            ax_llc.plot(part["step"], part["llc_mean"], style, color=colors[group], lw=1.4, label=f"{by} {group}, seed {seed}")
-            grok = part["steps_to_grokking"].iloc[0] if "steps_to_grokking" in part else None
-            if grok is not None and not pd.isna(grok):
-                y = np.interp(grok, part["step"], part["llc_mean"])
-                ax_llc.scatter([grok], [y], marker="v", color=colors[group], s=40, zorder=3, edgecolors="black", linewidths=0.5)
-        step_axis(ax_llc, llc["step"], True)
-        ax_llc.set_ylabel("LLC")
-        ax_llc.set_title("LLC over training (triangle: grokked)", fontsize=9)
-        ax_llc.legend(fontsize=6, loc="best")
+        _llc_panel(axes[2], llc, by, colors, seeds)
     if title is None and "n_delays" in spectra:
         first = spectra.iloc[0]
         title = (f"DMD of the fingerprints (n_delays {int(first['n_delays'])}, rank {int(first.get('rank', first.get('effective_rank', 0)))}, "
