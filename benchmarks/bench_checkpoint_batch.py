@@ -4,7 +4,7 @@
         [--chains 2] [--draws 100] [--burnin 400] [--groups 1 4 8 16]
 
 For each size: a short run with ``--checkpoints`` checkpoints, then the LLC of all of them
-at the quick preset's trajectory settings (2 chains x (400 burn-in + 100 draws), batch 256),
+at the quick preset's trajectory settings (2 chains x (400 burn-in + 100 draws), batch 256 or ``--batch``),
 with ``llc.checkpoint_batch`` = each of ``--groups`` (1 is one ``estimate_llc`` call per
 checkpoint). Prints seconds for all checkpoints, chain-steps per second, the speed-up over
 one at a time, and whether every loss trace equals the one-at-a-time trace bit for bit.
@@ -61,6 +61,7 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=100)
     parser.add_argument("--burnin", type=int, default=400)
     parser.add_argument("--groups", type=int, nargs="+", default=[1, 4, 8, 16])
+    parser.add_argument("--batch", type=int, default=256, help="the sampler's minibatch")
     args = parser.parse_args()
     torch.set_num_threads(1)
     print(f"# bench_checkpoint_batch  {common.machine_line()}, 1 torch thread")
@@ -71,7 +72,7 @@ def main() -> None:
         models, data = _run(size, args.checkpoints, root)
         n = len(data[1])
         settings = dict(epsilon=1e-7, nbeta=n / math.log(n), localization=1e5, num_chains=args.chains,
-                        num_draws=args.draws, num_burnin_steps=args.burnin, batch_size=256, seed=0)
+                        num_draws=args.draws, num_burnin_steps=args.burnin, batch_size=args.batch, seed=0)
         chain_steps = len(models) * args.chains * (args.draws + args.burnin)
         reference = None
         for group in args.groups:
