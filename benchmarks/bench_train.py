@@ -60,10 +60,10 @@ class Batches:
     """The batch and validation index streams of ``train()`` (same seeds, same calls)."""
 
     def __init__(self, seed: int, n_train: int, n_val: int, batch_size: int, eval_size: int, device):
-        from llcgrok.train import _rng_seed
+        from llcgrok.seeding import BATCHES, EVALUATION, rng_seed
 
-        self.batch_gen = torch.Generator().manual_seed(_rng_seed(seed, 1))
-        self.eval_gen = torch.Generator().manual_seed(_rng_seed(seed, 2))
+        self.batch_gen = torch.Generator().manual_seed(rng_seed(seed, BATCHES))
+        self.eval_gen = torch.Generator().manual_seed(rng_seed(seed, EVALUATION))
         self.n_train, self.n_val, self.batch_size, self.eval_size, self.device = n_train, n_val, batch_size, eval_size, device
 
     def next_batch(self, step: int) -> torch.Tensor:

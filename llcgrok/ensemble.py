@@ -49,7 +49,7 @@ from .model import GrokTransformer, build_model
 from .seeding import BATCHES, EVALUATION, INIT, rng_seed
 from .tasks import TaskData, make_task
 from .loop import TrainingDiverged, checkpoint_steps, learning_rate, stop_step
-from .train import METRIC_COLUMNS, TrainResult, eval_chunk_size, train
+from .train import METRIC_COLUMNS, TrainResult, adamw, eval_chunk_size, train
 
 __all__ = ["train_ensemble", "EnsembleModel", "seed_config"]
 
@@ -166,8 +166,7 @@ def _start(cfg: RunConfig, seeds: list[int], device: torch.device, attention: st
         models.append(build_model(cfg.model, tasks[0].vocab_size, tasks[0].num_classes, tasks[0].seq_len).to(device))
     ensemble = EnsembleModel(models, attention)
     params = list(ensemble.params.values())  # model.parameters() order: state.pt loads into train()
-    fused = device.type in ("cpu", "cuda")
-    optimizer = torch.optim.AdamW(params, lr=tc.lr, betas=(tc.beta1, tc.beta2), weight_decay=tc.weight_decay, fused=fused)
+    optimizer = adamw(params, tc, device)
     batch_gens = [torch.Generator().manual_seed(rng_seed(s, BATCHES)) for s in seeds]
     eval_gens = [torch.Generator().manual_seed(rng_seed(s, EVALUATION)) for s in seeds]
     return _EnsembleLoop(cfg, seeds, configs, tasks, device, *data, models, ensemble, optimizer, batch_gens, eval_gens)

@@ -26,8 +26,7 @@ from .config_sections import RunConfig
 from .device import resolve_device
 from .fingerprints import FingerprintRecorder
 from .loop import TrainingDiverged, checkpoint_steps, learning_rate  # noqa: F401  (re-exported: imported from here)
-from .seeding import PERTURBATION
-from .seeding import rng_seed as _rng_seed  # streams 0-2: init, batches, validation samples
+from .seeding import BATCHES, EVALUATION, INIT, PERTURBATION, rng_seed
 from .model import GrokTransformer, build_model
 from .tasks import TaskData, make_task
 
@@ -51,7 +50,6 @@ def _training_sections(config: dict) -> dict:
             for k in ("task", "model", "train")}
 
 
-PERTURBATION_STREAM = PERTURBATION
 
 
 @torch.no_grad()
@@ -62,7 +60,7 @@ def perturb_initial_weights(model: torch.nn.Module, scale: float, seed: int) -> 
     streams are untouched, and ``scale == 0`` leaves the model as it was."""
     if scale == 0:
         return
-    generator = torch.Generator().manual_seed(_rng_seed(seed, PERTURBATION_STREAM))
+    generator = torch.Generator().manual_seed(rng_seed(seed, PERTURBATION))
     for param in model.parameters():
         noise = torch.randn(param.shape, generator=generator, dtype=torch.float64)
         rms = param.detach().double().pow(2).mean().sqrt().item()
@@ -195,18 +193,24 @@ def _grokked(row: dict) -> bool:
     return row["val_acc"] > metrics_mod.THRESHOLD  # the transition of metrics.steps_to_grokking
 
 
+def adamw(params, tc, device: torch.device) -> torch.optim.AdamW:
+    """The modular tasks' optimizer (also the vectorised seeds', on their stacked weights):
+    fused where torch has the fused kernel, which changes the last bits, so one place."""
+    return torch.optim.AdamW(params, lr=tc.lr, betas=(tc.beta1, tc.beta2), weight_decay=tc.weight_decay,
+                             fused=device.type in ("cpu", "cuda"))
+
+
 def _start(cfg: RunConfig) -> _Modular:
     tc = cfg.train
     device = resolve_device(tc.device)
     task = make_task(cfg.task, seed=tc.seed)
     data = task.to(device)
-    torch.manual_seed(_rng_seed(tc.seed, 0))
+    torch.manual_seed(rng_seed(tc.seed, INIT))
     model = build_model(cfg.model, task.vocab_size, task.num_classes, task.seq_len).to(device)
     perturb_initial_weights(model, tc.init_perturbation, tc.perturbation_seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=(tc.beta1, tc.beta2), weight_decay=tc.weight_decay,
-                                  fused=device.type in ("cpu", "cuda"))
-    generators = {"batch_gen": torch.Generator().manual_seed(_rng_seed(tc.seed, 1)),
-                  "eval_gen": torch.Generator().manual_seed(_rng_seed(tc.seed, 2))}
+    optimizer = adamw(model.parameters(), tc, device)
+    generators = {"batch_gen": torch.Generator().manual_seed(rng_seed(tc.seed, BATCHES)),
+                  "eval_gen": torch.Generator().manual_seed(rng_seed(tc.seed, EVALUATION))}
     recorder = FingerprintRecorder(cfg, data.val_inputs, data.val_targets) if tc.fingerprint_every else None
     run = _Modular(
         run_id=cfg.run_id, model=model, optimizer=optimizer, generators=generators, columns=METRIC_COLUMNS,

@@ -14,7 +14,8 @@ from llcgrok import fingerprints as fpr
 from llcgrok import runs
 from llcgrok.model import build_model
 from llcgrok.tasks import make_task
-from llcgrok.train import _rng_seed, checkpoint_steps, perturb_initial_weights, train
+from llcgrok.seeding import INIT, rng_seed
+from llcgrok.train import checkpoint_steps, perturb_initial_weights, train
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +105,7 @@ def test_perturbation_zero_is_the_plain_run_and_nonzero_moves_the_start(tmp_path
     task = make_task(cfg.task, seed=0)
 
     def initial(scale, seed):
-        torch.manual_seed(_rng_seed(0, 0))
+        torch.manual_seed(rng_seed(0, INIT))
         model = build_model(cfg.model, task.vocab_size, task.num_classes, task.seq_len)
         perturb_initial_weights(model, scale, seed)
         return model.state_dict()
